@@ -1,0 +1,177 @@
+"""The bodies of the `darkroom` subcommands (argument parsing lives in cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def is_user_error(e: BaseException) -> bool:
+    """Errors caused by the user's input or files, reported as a message with exit code 2 (never a traceback)."""
+    from .engine import Interrupted, RequestError
+    from .models.family import UnsupportedModelError
+
+    user_types: list[type] = [RequestError, UnsupportedModelError, Interrupted, FileNotFoundError, FileExistsError]
+    try:
+        from .models import errors as model_errors
+
+        user_types += [getattr(model_errors, n) for n in dir(model_errors)
+                       if isinstance(getattr(model_errors, n), type)
+                       and issubclass(getattr(model_errors, n), Exception)]
+    except ImportError:
+        pass
+    from .cli import CLIError
+
+    user_types.append(CLIError)
+    if isinstance(e, tuple(user_types)):
+        return True
+    # pydantic's ValidationError and the settings loader's ValueError are input errors too.
+    return type(e).__name__ == "ValidationError" or (isinstance(e, ValueError) and "config file" in str(e))
+
+
+def _resolve_sampler(sampler: str, scheduler: str | None) -> tuple[str, str]:
+    """Accept ComfyUI names or A1111 labels ("DPM++ 2M Karras", "Euler a") for sampler and schedule."""
+    from .cli import CLIError
+    from .sampling.names import parse_a1111_sampler
+    from .sampling.samplers import SAMPLER_NAMES
+    from .sampling.schedules import SCHEDULER_NAMES
+
+    if sampler in SAMPLER_NAMES and (scheduler is None or scheduler in SCHEDULER_NAMES):
+        return sampler, scheduler or "normal"
+    try:
+        s, sch = parse_a1111_sampler(sampler, scheduler)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    return s, sch
+
+
+def _output_paths(args: argparse.Namespace, out_dir: Path, seeds: list[int]) -> list[Path]:
+    """Where each image goes; never an existing file."""
+    from .cli import CLIError
+    from .metadata.png import next_free_path
+
+    if args.output is None or args.output.is_dir() or str(args.output).endswith(("/", "\\")):
+        folder = args.output if args.output is not None else out_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        return [next_free_path(folder, seed=s) for s in seeds]
+    out = args.output
+    if out.suffix.lower() != ".png":
+        raise CLIError(f"output file must end in .png: {out}")
+    paths = [out] if len(seeds) == 1 else [out.with_name(f"{out.stem}-{i + 1}{out.suffix}")
+                                             for i in range(len(seeds))]
+    for p in paths:
+        if p.exists():
+            raise CLIError(f"{p} already exists; darkroom never overwrites a file (choose another -o)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return paths
+
+
+def cmd_generate(args: argparse.Namespace, settings_fn) -> int:
+    from .cli import CLIError
+    from .engine import Engine, GenerationParams, HiresParams
+    from .metadata.png import write_png
+
+    settings = settings_fn(args)
+    sampler, scheduler = _resolve_sampler(args.sampler, args.scheduler)
+    if args.denoise is not None and args.init_image is None:
+        raise CLIError("--denoise needs --init-image (img2img)")
+    if args.init_image is not None and not args.init_image.is_file():
+        raise CLIError(f"init image not found: {args.init_image}")
+    if args.output is not None and args.output.exists() and not args.output.is_dir():
+        raise CLIError(f"{args.output} already exists; darkroom never overwrites a file (choose another -o)")
+    engine = Engine(settings)
+    width, height = args.width, args.height
+    if width is None or height is None:
+        nw, nh = engine.native_size(args.model)
+        width, height = width or nw, height or nh
+    params = GenerationParams(
+        prompt=args.prompt, negative_prompt=args.negative, model=args.model, vae=args.vae, sampler=sampler,
+        scheduler=scheduler, steps=args.steps, cfg=args.cfg, seed=args.seed, width=width, height=height,
+        batch_size=args.batch, clip_skip=args.clip_skip, init_image=args.init_image,
+        denoise=args.denoise if args.denoise is not None else (0.75 if args.init_image else 1.0),
+        hires=HiresParams(scale=args.hires_scale, steps=args.hires_steps, denoise=args.hires_denoise,
+                          upscaler=args.hires_upscaler) if args.hires_scale else None,
+        refiner=args.refiner, refiner_switch=args.refiner_switch, prompt_style=args.prompt_style,
+    )
+    engine.validate(params)
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=1, unit="step", file=sys.stderr, dynamic_ncols=True, desc="generating")
+
+    def progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+    try:
+        result = engine.generate(params, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    paths = _output_paths(args, settings.output_dir, result.seeds)
+    for image, info, workflow, path in zip(result.images, result.infotexts, result.workflows, paths):
+        write_png(image, path, parameters=info, prompt=workflow)
+        print(path)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace, settings_fn) -> int:
+    from .models.registry import ModelRegistry
+    from .settings import MODEL_FOLDERS
+
+    settings = settings_fn(args)
+    registry = ModelRegistry(settings)
+    kinds = list(MODEL_FOLDERS) if args.kind == "all" else [args.kind]
+    from .cli import CLIError
+
+    for kind in kinds:
+        if kind not in MODEL_FOLDERS:
+            raise CLIError(f"unknown model kind {kind!r}; choose one of: all, {', '.join(MODEL_FOLDERS)}")
+        names = registry.names(kind)
+        if len(kinds) > 1:
+            print(f"[{kind}]")
+        if not names:
+            print(f"  (none in {', '.join(str(d) for d in settings.model_dirs(kind)) or settings.models_dir / kind})")
+            continue
+        for name in names:
+            info = registry.describe(kind, name, hash=not args.no_hash, cache_file=settings.resolved_cache_dir /
+                                     "hashes.json")
+            print(info.line())
+    return 0
+
+
+def cmd_info(args: argparse.Namespace, _settings_fn) -> int:
+    from .cli import CLIError
+    from .metadata.png import format_info, read_image_metadata
+
+    status = 0
+    for path in args.images:
+        if not path.is_file():
+            raise CLIError(f"image not found: {path}")
+        meta = read_image_metadata(path)
+        if len(args.images) > 1:
+            print(f"== {path}")
+        print(format_info(meta))
+    return status
+
+
+def cmd_run(args: argparse.Namespace, settings_fn) -> int:
+    """Until the server exists: render one sample image with the default model and print where it is."""
+    from .engine import Engine, GenerationParams
+    from .metadata.png import next_free_path, write_png
+
+    settings = settings_fn(args)
+    engine = Engine(settings)
+    w, h = engine.native_size(None)
+    params = GenerationParams(prompt="a red circle at the top left on a blue background", width=w, height=h,
+                              steps=20, cfg=5.0, seed=1, sampler="euler", scheduler="normal")
+    result = engine.generate(params)
+    settings.output_dir.mkdir(parents=True, exist_ok=True)
+    path = next_free_path(settings.output_dir, seed=result.seeds[0])
+    write_png(result.images[0], path, parameters=result.infotexts[0], prompt=result.workflows[0])
+    print(f"darkroom: model {result.model_name}; sample image written to {path}")
+    return 0

@@ -1,0 +1,275 @@
+"""The engine façade: typed requests in, images and their reproducible metadata out. CLI and servers are clients."""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from PIL import Image
+
+from ..devices import pick_device, pick_dtype
+from ..models.bundle import Checkpoint
+from ..settings import Settings
+from . import pipeline
+from .vae import pil_to_tensor, tensor_to_pil
+from .params import GenerationParams, HiresParams, LoraRef
+
+MAX_SEED = 2**32 - 1
+
+
+class RequestError(ValueError):
+    """A request that cannot run as given (bad size, unknown sampler …); the message says what to change."""
+
+
+@dataclass
+class GenerationResult:
+    """The images of one request, each with its seed, A1111 infotext and the equivalent ComfyUI API workflow."""
+
+    images: list[Image.Image]
+    seeds: list[int]
+    infotexts: list[str]
+    workflows: list[dict]
+    params: GenerationParams
+    model_name: str
+    model_hash: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class Engine:
+    """Owns the model registry and a small cache of loaded checkpoints; runs generation requests one at a time."""
+
+    def __init__(self, settings: Settings, *, registry=None, device: str | None = None, dtype: str | None = None):
+        from ..models.registry import ModelRegistry
+
+        self.settings = settings
+        self.registry = registry or ModelRegistry(settings)
+        self.device = pick_device(device or settings.device)
+        self.dtype = pick_dtype(self.device, dtype or settings.dtype)
+        self._loaded: dict[tuple, Checkpoint] = {}
+        self._patchers: dict[int, Any] = {}
+        self._embeddings = None
+        self._lock = threading.RLock()
+
+    # -- models -----------------------------------------------------------------------------------------
+    def checkpoint_path(self, name: str | None) -> Path:
+        """Resolve a checkpoint name (None: the first installed one, else the built-in default model)."""
+        if name:
+            return self.registry.find("checkpoints", name)
+        names = self.registry.checkpoints()
+        if not names:
+            raise RequestError("no checkpoint is installed and the built-in default model is missing")
+        return self.registry.find("checkpoints", names[0])
+
+    def load(self, name: str | None, *, vae: str | None = None) -> Checkpoint:
+        """Load (or reuse) a checkpoint with an optional separate VAE. Keeps at most two models in memory."""
+        from ..models.loader import load_checkpoint
+
+        path = self.checkpoint_path(name)
+        vae_path = self.registry.find("vae", vae) if vae else None
+        key = (str(path), str(vae_path), self.dtype, str(self.device))
+        with self._lock:
+            ckpt = self._loaded.pop(key, None)
+            if ckpt is None:
+                ckpt = load_checkpoint(path, dtype=self.dtype, device=self.device, vae_path=vae_path,
+                                       allow_unsafe_pickle=self.settings.allow_unsafe_pickle)
+            self._loaded[key] = ckpt
+            while len(self._loaded) > 2:
+                old_key = next(iter(self._loaded))
+                old = self._loaded.pop(old_key)
+                self._patchers.pop(id(old), None)
+            return ckpt
+
+    def native_size(self, name: str | None) -> tuple[int, int]:
+        """The model's training resolution (width, height): 512 for SD1.x, 768 for SD2-v, 1024 for SDXL …"""
+        ckpt = self.load(name)
+        px = int(ckpt.unet.config.sample_size) * ckpt.vae_downscale
+        return px, px
+
+    def embeddings(self):
+        """The textual-inversion library over the embeddings folders (scanned lazily)."""
+        if self._embeddings is None:
+            from ..conditioning.embeddings import EmbeddingLibrary
+
+            self._embeddings = EmbeddingLibrary(self.settings.model_dirs("embeddings"))
+        return self._embeddings
+
+    def apply_loras(self, ckpt: Checkpoint, loras: list[LoraRef]) -> dict[str, str]:
+        """Patch the checkpoint with exactly these LoRAs (restoring any others); returns name → short hash."""
+        from ..models.hashing import lora_short_hash
+        from ..models.lora import LoraPatcher, load_lora_file
+
+        patcher = self._patchers.get(id(ckpt))
+        if patcher is None:
+            patcher = self._patchers[id(ckpt)] = LoraPatcher(ckpt.unet, ckpt.text_encoders)
+        entries, hashes = [], {}
+        for ref in loras:
+            path = self.registry.find("loras", ref.name)
+            entries.append((load_lora_file(path), ref.te_weight, ref.unet_weight))
+            hashes[ref.name] = lora_short_hash(path, cache_file=self._hash_cache())
+        patcher.apply(entries)
+        return hashes
+
+    def _hash_cache(self) -> Path:
+        return self.settings.resolved_cache_dir / "hashes.json"
+
+    def model_hash(self, path: Path) -> str | None:
+        from ..models.hashing import model_hashes
+
+        if path.is_dir():
+            return None
+        return model_hashes(path, cache_file=self._hash_cache()).short
+
+    # -- generation -------------------------------------------------------------------------------------
+    def validate(self, p: GenerationParams) -> None:
+        """Reject requests that cannot run, with a message naming the problem."""
+        from ..sampling.samplers import SAMPLER_NAMES
+        from ..sampling.schedules import SCHEDULER_NAMES
+
+        if p.steps < 1:
+            raise RequestError(f"steps must be at least 1 (got {p.steps})")
+        if p.steps > 1000:
+            raise RequestError(f"steps must be at most 1000 (got {p.steps})")
+        for label, v in (("width", p.width), ("height", p.height)):
+            if v < 8 or v % 8:
+                raise RequestError(f"{label} must be a positive multiple of 8 (got {v})")
+            if v > 8192:
+                raise RequestError(f"{label} must be at most 8192 (got {v})")
+        if p.batch_size < 1 or p.batch_size > 64:
+            raise RequestError(f"batch size must be between 1 and 64 (got {p.batch_size})")
+        if not 0.0 < p.denoise <= 1.0:
+            raise RequestError(f"denoise must be in (0, 1] (got {p.denoise})")
+        if p.sampler not in SAMPLER_NAMES:
+            raise RequestError(f"unknown sampler {p.sampler!r}; choose one of: {', '.join(SAMPLER_NAMES)}")
+        if p.scheduler not in SCHEDULER_NAMES:
+            raise RequestError(f"unknown scheduler {p.scheduler!r}; choose one of: {', '.join(SCHEDULER_NAMES)}")
+        if p.clip_skip < 1 or p.clip_skip > 12:
+            raise RequestError(f"clip skip must be between 1 and 12 (got {p.clip_skip})")
+        if p.seed < -1 or p.seed > MAX_SEED:
+            raise RequestError(f"seed must be -1 (random) or between 0 and {MAX_SEED} (got {p.seed})")
+        if p.init_image is not None and not Path(p.init_image).is_file():
+            raise RequestError(f"init image not found: {p.init_image}")
+        if not 0.0 < p.refiner_switch <= 1.0:
+            raise RequestError(f"refiner switch must be in (0, 1] (got {p.refiner_switch})")
+
+    def generate(self, params: GenerationParams, *, progress: ProgressCallback | None = None,
+                 cancelled: Callable[[], bool] | None = None) -> GenerationResult:
+        """Run a txt2img / img2img request (with optional hires fix and refiner). Image i uses seed + i."""
+        from ..conditioning.prompt_parser import extract_loras
+
+        self.validate(params)
+        clean_prompt, tag_loras = extract_loras(params.prompt)
+        p = replace(params, loras=[*params.loras, *tag_loras])
+        seed = p.seed if p.seed != -1 else random.randrange(MAX_SEED)
+        with self._lock:
+            ckpt = self.load(p.model, vae=p.vae)
+            model_path = self.checkpoint_path(p.model)
+            lora_hashes = self.apply_loras(ckpt, p.loras)
+            used_ti: dict[str, Any] = {}
+            positive = pipeline.encode_text(ckpt, clean_prompt, style=p.prompt_style, clip_skip=p.clip_skip,
+                                            embeddings=self.embeddings(), used_embeddings=used_ti)
+            negative = pipeline.encode_text(ckpt, p.negative_prompt, style=p.prompt_style, clip_skip=p.clip_skip,
+                                            embeddings=self.embeddings(), used_embeddings=used_ti)
+            init_latent = None
+            if p.init_image is not None:
+                init = Image.open(p.init_image).convert("RGB").resize((p.width, p.height), Image.LANCZOS)
+                init_latent = pipeline.encode(ckpt, pil_to_tensor(init))
+            refiner = self.load(p.refiner) if p.refiner else None
+            ref_conds = None
+            if refiner is not None:
+                ref_conds = (
+                    pipeline.encode_text(refiner, clean_prompt, style=p.prompt_style),
+                    pipeline.encode_text(refiner, p.negative_prompt, style=p.prompt_style),
+                )
+            total_steps = self._total_steps(p)
+            images, seeds = [], []
+            done = [0]
+
+            def step_progress(step: int, total: int, _preview) -> None:
+                if progress is not None:
+                    progress(min(done[0] + 1, total_steps), total_steps)
+                done[0] += 1
+
+            for i in range(p.batch_size):
+                s = (seed + i) % (MAX_SEED + 1)
+                latent = self._one_image(ckpt, refiner, p, s, positive, negative, ref_conds, init_latent,
+                                         step_progress, cancelled)
+                final = refiner if refiner is not None else ckpt
+                images.extend(tensor_to_pil(pipeline.decode(final, latent)))
+                seeds.append(s)
+        model_name = self.registry.display_name("checkpoints", model_path)
+        model_hash = self.model_hash(model_path)
+        return self._result(p, images, seeds, model_name, model_hash, lora_hashes, used_ti)
+
+    def _total_steps(self, p: GenerationParams) -> int:
+        first = p.steps  # img2img runs `steps` steps too (ComfyUI's denoise rule)
+        hires = (p.hires.steps or p.steps) if p.hires else 0
+        return (first + hires) * p.batch_size
+
+    def _one_image(self, ckpt, refiner, p, seed, positive, negative, ref_conds, init_latent, progress, cancelled):
+        f = ckpt.vae_downscale
+        if init_latent is not None:
+            latent = init_latent
+            denoise = p.denoise
+        else:
+            latent = torch.zeros((1, ckpt.latent_channels, p.height // f, p.width // f))
+            denoise = 1.0
+        common = dict(seed=seed, cfg=p.cfg, sampler=p.sampler, scheduler=p.scheduler, progress=progress,
+                      cancelled=cancelled)
+        if refiner is None:
+            latent = pipeline.ksample(ckpt, latent, positive, negative, steps=p.steps, denoise=denoise, **common)
+        else:
+            switch = max(1, min(p.steps, round(p.steps * p.refiner_switch)))
+            latent = pipeline.ksample(ckpt, latent, positive, negative, steps=p.steps, denoise=denoise,
+                                      end_step=switch, force_full_denoise=False, **common)
+            if switch < p.steps:
+                latent = pipeline.ksample(refiner, latent, ref_conds[0], ref_conds[1], steps=p.steps,
+                                          denoise=denoise, add_noise=False, start_step=switch, end_step=10000,
+                                          **common)
+        if p.hires is not None:
+            latent = self._hires(ckpt if refiner is None else refiner, p, p.hires, latent,
+                                 positive if refiner is None else ref_conds[0],
+                                 negative if refiner is None else ref_conds[1], common)
+        return latent
+
+    def _hires(self, ckpt, p: GenerationParams, h: HiresParams, latent, positive, negative, common):
+        """Hires fix: upscale the first pass (in latent space or as an image), then re-sample at `h.denoise`."""
+        tw = h.width or int(p.width * h.scale) // 8 * 8
+        th = h.height or int(p.height * h.scale) // 8 * 8
+        up = h.upscaler
+        if up.lower().startswith("latent"):
+            method = "nearest-exact" if "nearest" in up.lower() else "bicubic" if "bicubic" in up.lower() else \
+                "bilinear"
+            latent = pipeline.upscale_latent(latent, tw, th, method)
+        else:
+            resample = {"nearest": Image.NEAREST, "lanczos": Image.LANCZOS}.get(up.lower())
+            if resample is None:
+                raise RequestError(f"unknown hires upscaler {up!r}; use Latent, Latent (nearest-exact), "
+                                   "Latent (bicubic), Lanczos or Nearest")
+            img = tensor_to_pil(pipeline.decode(ckpt, latent))[0].resize((tw, th), resample)
+            latent = pipeline.encode(ckpt, pil_to_tensor(img))
+        return pipeline.ksample(ckpt, latent, positive, negative, steps=h.steps or p.steps, denoise=h.denoise,
+                                **common)
+
+    def _result(self, p, images, seeds, model_name, model_hash, lora_hashes, used_ti) -> GenerationResult:
+        from ..metadata.infotext import infotext_for
+        from ..metadata.workflow import workflow_from_params
+
+        extra: dict[str, Any] = {}
+        if lora_hashes:
+            extra["Lora hashes"] = ", ".join(f"{k}: {v}" for k, v in lora_hashes.items())
+        if used_ti:
+            extra["TI hashes"] = ", ".join(f"{k}: {v}" for k, v in used_ti.items())
+        infotexts, workflows = [], []
+        for s in seeds:
+            single = replace(p, seed=s, batch_size=1)
+            infotexts.append(infotext_for(single, seed=s, model_name=model_name, model_hash=model_hash, extra=extra))
+            workflows.append(workflow_from_params(single, seed=s, model_name=model_name))
+        return GenerationResult(images=images, seeds=seeds, infotexts=infotexts, workflows=workflows, params=p,
+                                model_name=model_name, model_hash=model_hash, extra=extra)
