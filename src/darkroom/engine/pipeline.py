@@ -106,6 +106,7 @@ def ksample(
         ckpt.unet, ms, positive, negative, cfg,
         sdxl=ckpt.kind.is_sdxl, refiner=ckpt.kind.family.value == "sdxl_refiner",
         concat=inpaint_concat(ckpt, latent, noise_mask, concat_latent),
+        latent_size_px=(w * ckpt.vae_downscale, h * ckpt.vae_downscale),
     )
     total = [0]
 
