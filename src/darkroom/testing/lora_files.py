@@ -1,0 +1,158 @@
+"""Test builders: random LoRA files in the real kohya/A1111 (SD1 diffusers naming, SDXL LDM naming) and PEFT layouts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Literal, Sequence
+
+import torch
+
+from darkroom.models.lora_keys import diffusers_to_ldm_unet, unwrap, weighted_modules
+
+#: Linear/1×1 layers kohya's default LoRA trains inside a UNet transformer block.
+_ATTN_LEAVES = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out")
+#: Extra UNet layers a LoCon ("conv_dim") LoRA trains.
+_CONV_LEAVES = ("conv1", "conv2", "conv_shortcut", "time_emb_proj", "downsamplers.0.conv", "upsamplers.0.conv")
+#: CLIP layers kohya trains.
+_TE_LEAVES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+
+Targets = Literal["attention", "all"]
+
+
+def _is_layer(m: torch.nn.Module) -> bool:
+    return isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
+
+
+def unet_targets(unet: torch.nn.Module, targets: Targets = "attention") -> list[str]:
+    """diffusers module paths a kohya LoRA (`attention`) or LoCon (`all`) trains in this UNet."""
+    leaves = _ATTN_LEAVES + (_CONV_LEAVES if targets == "all" else ())
+    out = []
+    for path, m in weighted_modules(unet):
+        if not _is_layer(m):
+            continue
+        in_attn = ".attentions." in f".{path}"
+        if (in_attn and path.endswith(_ATTN_LEAVES)) or (targets == "all" and path.endswith(leaves) and not in_attn):
+            out.append(path)
+    return out
+
+
+def text_encoder_targets(text_encoder: torch.nn.Module) -> list[str]:
+    """Module paths of the CLIP attention/MLP linears a kohya LoRA trains."""
+    return [p for p, m in weighted_modules(text_encoder) if isinstance(m, torch.nn.Linear) and p.endswith(_TE_LEAVES)
+            and ".layers." in p]
+
+
+def _rand(shape: Sequence[int], g: torch.Generator, std: float) -> torch.Tensor:
+    return torch.randn(*shape, generator=g) * std
+
+
+def _module_tensors(weight: torch.Tensor, r: int, g: torch.Generator, *, tucker: bool, dora: bool,
+                    std: float) -> dict[str, torch.Tensor]:
+    """up/down[/mid][/dora_scale] for one module with rank r (float32)."""
+    out_f, in_f = weight.shape[0], weight.shape[1]
+    t: dict[str, torch.Tensor] = {}
+    if weight.dim() == 4:
+        kh, kw = weight.shape[2], weight.shape[3]
+        if tucker and (kh, kw) != (1, 1):
+            t["lora_down.weight"] = _rand((r, in_f, 1, 1), g, std)
+            t["lora_mid.weight"] = _rand((r, r, kh, kw), g, std)
+        else:
+            t["lora_down.weight"] = _rand((r, in_f, kh, kw), g, std)
+        t["lora_up.weight"] = _rand((out_f, r, 1, 1), g, std)
+    else:
+        t["lora_down.weight"] = _rand((r, in_f), g, std)
+        t["lora_up.weight"] = _rand((out_f, r), g, std)
+    if dora:
+        # LyCORIS default layout: magnitude per input column, shape (1, in, 1, 1) / (1, in)
+        w = weight.detach().float()
+        norm = w.transpose(0, 1).reshape(in_f, -1).norm(dim=1).reshape(1, in_f, *[1] * (w.dim() - 2))
+        t["dora_scale"] = norm * (1 + _rand(norm.shape, g, 0.1))
+    return t
+
+
+def kohya_lora_state_dict(
+    unet: torch.nn.Module | None = None,
+    text_encoders: Sequence[torch.nn.Module] = (),
+    *,
+    unet_naming: Literal["diffusers", "ldm"] = "diffusers",
+    te_prefixes: Sequence[str] | None = None,
+    targets: Targets = "attention",
+    rank: int = 4,
+    vary_rank: bool = True,
+    alpha: float | Literal["random"] | None = "random",
+    tucker: bool = False,
+    dora: bool = False,
+    select: Callable[[str], bool] | None = None,
+    seed: int = 0,
+    std: float = 0.1,
+    dtype: torch.dtype = torch.float16,
+) -> dict[str, torch.Tensor]:
+    """A random kohya-format LoRA state dict for these modules.
+
+    unet_naming: "diffusers" = kohya SD1.x/SD2.x names (`lora_unet_down_blocks_0_…`), "ldm" = kohya SDXL names
+    (`lora_unet_input_blocks_4_1_…`). te_prefixes default to `lora_te` (one encoder) or `lora_te1`/`lora_te2`.
+    Ranks are drawn from 1..rank per module when vary_rank; alpha "random" draws from [0.5, rank].
+    `select(kohya_name)` can drop targets.
+    """
+    g = torch.Generator().manual_seed(seed)
+    sd: dict[str, torch.Tensor] = {}
+    named: list[tuple[str, torch.Tensor]] = []
+    if unet is not None:
+        unet = unwrap(unet)
+        ldm = diffusers_to_ldm_unet(unet) if unet_naming == "ldm" else {}
+        for path in unet_targets(unet, targets):
+            name = ldm[path] if unet_naming == "ldm" else path
+            named.append(("lora_unet_" + name.replace(".", "_"), unet.get_submodule(path).weight))
+    if te_prefixes is None:
+        te_prefixes = ["lora_te"] if len(text_encoders) == 1 else [f"lora_te{i + 1}" for i in range(len(text_encoders))]
+    for prefix, te in zip(te_prefixes, text_encoders):
+        te = unwrap(te)
+        for path in text_encoder_targets(te):
+            full = path if path.startswith("text_model.") else "text_model." + path  # kohya always writes text_model_
+            named.append((f"{prefix}_" + full.replace(".", "_"), te.get_submodule(path).weight))
+    for name, weight in named:
+        if select is not None and not select(name):
+            continue
+        r = int(torch.randint(1, rank + 1, (1,), generator=g)) if vary_rank else rank
+        for part, t in _module_tensors(weight, r, g, tucker=tucker, dora=dora, std=std).items():
+            sd[f"{name}.{part}"] = t.to(dtype)
+        if alpha is not None:
+            a = float(torch.empty(()).uniform_(0.5, float(rank), generator=g)) if alpha == "random" else float(alpha)
+            sd[f"{name}.alpha"] = torch.tensor(a).to(dtype)
+    return sd
+
+
+def write_kohya_lora(path: str | Path, unet: torch.nn.Module | None = None,
+                     text_encoders: Sequence[torch.nn.Module] = (), *, metadata: dict[str, str] | None = None,
+                     **kwargs) -> Path:
+    """Write `kohya_lora_state_dict(...)` to a .safetensors file (with kohya-style `ss_*` metadata if given)."""
+    from safetensors.torch import save_file
+
+    p = Path(path)
+    sd = kohya_lora_state_dict(unet, text_encoders, **kwargs)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(p), metadata=metadata)
+    return p
+
+
+def peft_lora_state_dict(unet: torch.nn.Module | None = None, text_encoders: Sequence[torch.nn.Module] = (), *,
+                         rank: int = 4, alpha: float | None = None, seed: int = 0, std: float = 0.1,
+                         dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """A random diffusers/PEFT-format LoRA (`unet.<path>.lora_A.weight` / `lora_B`, optional `.alpha`)."""
+    g = torch.Generator().manual_seed(seed)
+    sd: dict[str, torch.Tensor] = {}
+    groups: list[tuple[str, torch.nn.Module, list[str]]] = []
+    if unet is not None:
+        groups.append(("unet", unwrap(unet), unet_targets(unwrap(unet), "attention")))
+    for i, te in enumerate(text_encoders):
+        groups.append(("text_encoder" if i == 0 else f"text_encoder_{i + 1}", unwrap(te),
+                       text_encoder_targets(unwrap(te))))
+    for prefix, root, paths in groups:
+        for path in paths:
+            w = root.get_submodule(path).weight
+            out_f, in_f = w.shape[0], w[0].numel()
+            sd[f"{prefix}.{path}.lora_A.weight"] = _rand((rank, in_f), g, std).reshape(rank, *w.shape[1:]).to(dtype)
+            sd[f"{prefix}.{path}.lora_B.weight"] = _rand((out_f, rank), g, std).reshape(
+                out_f, rank, *[1] * (w.dim() - 2)).to(dtype)
+            if alpha is not None:
+                sd[f"{prefix}.{path}.alpha"] = torch.tensor(float(alpha))
+    return sd
