@@ -1,0 +1,143 @@
+"""A deterministic reader of shape pictures (no ML): background, and each shape's colour, kind, size and position.
+
+Method: background = most common named colour on the border; foreground = pixels far from the background colour,
+split into connected components; per component the colour is the nearest named colour of its median pixel, the
+position is its centroid on a 3×3 grid, and the kind comes from two scale-free measures of the component's mask:
+extent (area / bounding-box area: square 1, circle π/4, triangle ½, star ≈ 0.38) and solidity (area / convex-hull
+area: ≈ 1 for the convex shapes, ≈ 0.55 for a five-pointed star).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from .dataset import COLOURS, POSITIONS
+
+_NAMES = list(COLOURS)
+_PALETTE = np.array([COLOURS[n] for n in _NAMES], dtype=np.float32)  # (C, 3)
+#: Area of each kind relative to the square of its circumscribed diameter (see dataset.shape_polygon).
+_AREA_FACTOR = {"circle": np.pi / 4, "square": 0.64, "triangle": 0.45, "star": 0.364}
+#: Prototype (extent, solidity) per kind.
+_PROTOTYPES = {"square": (1.0, 1.0), "circle": (0.785, 1.0), "triangle": (0.5, 1.0), "star": (0.38, 0.56)}
+_FG_DISTANCE = 45.0  # RGB distance from the background that marks a pixel as foreground (half the closest pair)
+_MIN_AREA = 12  # pixels; smaller blobs are noise
+_SIZE_SPLIT = 21.5  # px of estimated diameter between "small" (13–17) and "large" (26–31)
+
+
+@dataclass(frozen=True)
+class FoundShape:
+    """One shape read from an image."""
+
+    kind: str
+    colour: str
+    position: str
+    size: str
+    centroid: tuple[float, float]  # (x, y) pixels
+    area: int
+    extent: float
+    solidity: float
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What the analyser read from one image; `shapes` sorted by area, largest first."""
+
+    background: str
+    shapes: tuple[FoundShape, ...]
+
+    @property
+    def main(self) -> FoundShape | None:
+        return self.shapes[0] if self.shapes else None
+
+
+def nearest_colour(rgb: np.ndarray) -> str:
+    """Name of the named colour closest (Euclidean RGB) to one (3,) colour."""
+    d = np.linalg.norm(_PALETTE - np.asarray(rgb, dtype=np.float32)[None], axis=1)
+    return _NAMES[int(np.argmin(d))]
+
+
+def _to_array(image: np.ndarray | Image.Image) -> np.ndarray:
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 image, got shape {arr.shape} dtype {arr.dtype}")
+    return arr
+
+
+def position_name(x: float, y: float, width: int, height: int) -> str:
+    """3×3 grid cell of a point, in the dataset's position words."""
+    col = min(2, max(0, int(3 * x / width)))
+    row = min(2, max(0, int(3 * y / height)))
+    return next(name for name, cell in POSITIONS.items() if cell == (col, row))
+
+
+def classify_kind(extent: float, solidity: float) -> str:
+    """Nearest prototype in (extent, solidity); solidity counts double because it alone separates the star."""
+    best, best_d = "circle", float("inf")
+    for kind, (e, s) in _PROTOTYPES.items():
+        d = (extent - e) ** 2 + 4 * (solidity - s) ** 2
+        if d < best_d:
+            best, best_d = kind, d
+    return best
+
+
+def _measure(mask: np.ndarray) -> tuple[float, float, tuple[float, float], int]:
+    """(extent, solidity, centroid, area) of a binary mask holding one blob."""
+    area = int(mask.sum())
+    ys, xs = np.nonzero(mask)
+    bbox_area = (xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1)
+    pts = np.stack([xs, ys], 1).astype(np.int32)
+    # hull of the pixel squares (corners), so a one-pixel-wide blob still has an area
+    corners = np.concatenate([pts, pts + [1, 0], pts + [0, 1], pts + [1, 1]]).astype(np.float32)
+    hull_area = float(cv2.contourArea(cv2.convexHull(corners)))
+    extent = area / float(bbox_area)
+    solidity = min(1.0, area / hull_area) if hull_area > 0 else 0.0
+    return extent, solidity, (float(xs.mean()) + 0.5, float(ys.mean()) + 0.5), area
+
+
+def analyse(image: np.ndarray | Image.Image, *, max_shapes: int = 4) -> Analysis:
+    """Read background colour and up to `max_shapes` shapes from an (H, W, 3) uint8 image or PIL image."""
+    img = _to_array(image).astype(np.float32)  # (H, W, 3)
+    h, w, _ = img.shape
+    border = np.concatenate([img[:2].reshape(-1, 3), img[-2:].reshape(-1, 3), img[:, :2].reshape(-1, 3),
+                             img[:, -2:].reshape(-1, 3)])
+    dist_b = np.linalg.norm(border[:, None] - _PALETTE[None], axis=2)  # (N, C)
+    labels = np.argmin(dist_b, 1)
+    bg_idx = int(np.bincount(labels, minlength=len(_NAMES)).argmax())
+    bg_rgb = np.median(border[labels == bg_idx], axis=0)
+    dist_bg = np.linalg.norm(img - bg_rgb, axis=2)  # (H, W)
+    coarse = (dist_bg > _FG_DISTANCE).astype(np.uint8)
+    n, comp, stats, _ = cv2.connectedComponentsWithStats(coarse, connectivity=8)
+    found: list[FoundShape] = []
+    for i in np.argsort(-stats[:, cv2.CC_STAT_AREA]):
+        if i == 0 or stats[i, cv2.CC_STAT_AREA] < _MIN_AREA or len(found) >= max_shapes:
+            continue
+        blob = comp == i
+        inner = cv2.erode(blob.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        fg_rgb = np.median(img[inner if inner.sum() >= 4 else blob], axis=0)
+        # refine the edge: a pixel belongs to the shape when it is nearer the shape's colour than the background's
+        region = cv2.dilate(blob.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        refined = region & (np.linalg.norm(img - fg_rgb, axis=2) < dist_bg)
+        if refined.sum() < _MIN_AREA:
+            refined = blob
+        extent, solidity, (cx, cy), area = _measure(refined)
+        kind = classify_kind(extent, solidity)
+        diameter = float(np.sqrt(area / _AREA_FACTOR[kind]))
+        found.append(
+            FoundShape(
+                kind=kind,
+                colour=nearest_colour(fg_rgb),
+                position=position_name(cx, cy, w, h),
+                size="small" if diameter < _SIZE_SPLIT * w / 64 else "large",
+                centroid=(cx, cy),
+                area=area,
+                extent=round(extent, 3),
+                solidity=round(solidity, 3),
+            )
+        )
+    return Analysis(background=_NAMES[bg_idx], shapes=tuple(found))

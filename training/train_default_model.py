@@ -1,0 +1,295 @@
+"""Train darkroom's built-in default model (a tiny SD1-style text-to-image model) on the procedural shapes dataset.
+
+Stages (all CPU, reproducible from --seed):
+  1. vae      – train a small AutoencoderKL on 64×64 dataset images (8× downsampling → (4, 8, 8) latents)
+  2. latents  – encode the dataset once (posterior mean and std) and set `scaling_factor` = 1 / std(latents)
+  3. unet     – train UNet2DConditionModel + CLIPTextModel jointly, eps-prediction, SD's scaled-linear betas,
+                10% caption dropout (empty caption) for classifier-free guidance, EMA weights
+  4. export   – write the EMA weights as one .safetensors (LDM/A1111 key layout, configs in the metadata)
+
+Run from the repository root:
+  HF_HUB_OFFLINE=1 .venv/bin/python training/train_default_model.py --work /work/dr-train/run1
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from darkroom.conditioning.tokenizer import clip_tokenizer  # noqa: E402
+from darkroom.shapes.dataset import alternative_captions, make_dataset  # noqa: E402
+
+# --- architecture ---------------------------------------------------------------------------------------------
+
+TEXT_ENCODER_CONFIG = dict(
+    vocab_size=49408,
+    hidden_size=128,
+    intermediate_size=512,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",  # as CLIP ViT-L/14 (SD1.x)
+    projection_dim=128,
+    bos_token_id=49406,
+    eos_token_id=49407,
+    pad_token_id=49407,
+)
+
+VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4,
+    block_out_channels=[16, 32, 64, 64],
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=16,
+    sample_size=64,
+    act_fn="silu",
+)
+
+UNET_CONFIG = dict(
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=[64, 128, 192],
+    layers_per_block=1,
+    down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    cross_attention_dim=128,
+    attention_head_dim=4,  # diffusers' legacy name: number of heads, as in SD1's config (8 there)
+    norm_num_groups=32,
+    use_linear_projection=False,  # SD1.x: 1×1 conv proj_in / proj_out
+)
+
+BETA_START, BETA_END, TRAIN_STEPS = 0.00085, 0.012, 1000
+
+
+def alphas_cumprod() -> torch.Tensor:
+    """SD's scaled-linear schedule: betas = linspace(√β0, √β1, 1000)²."""
+    betas = torch.linspace(BETA_START**0.5, BETA_END**0.5, TRAIN_STEPS, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, 0).float()  # (1000,)
+
+
+def log(msg: str, path: Path | None = None) -> None:
+    line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+    print(line, flush=True)
+    if path is not None:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int = 100) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+# --- data -----------------------------------------------------------------------------------------------------
+
+
+def build_data(n: int, n_alt: int) -> tuple[torch.Tensor, list[list[str]]]:
+    """(n, 3, 64, 64) images in [-1, 1] and, per image, its captions (1 + n_alt wordings)."""
+    samples = make_dataset(n)
+    images = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    captions = [[s.caption, *alternative_captions(s, i, n_alt)] for i, s in enumerate(samples)]
+    return images, captions
+
+
+def tokenize(captions: list[str]) -> torch.Tensor:
+    """CLIP ids padded to 77 with <|endoftext|>, as SD1.x does. → (N, 77) int64"""
+    tok = clip_tokenizer()
+    return torch.tensor(tok(captions, padding="max_length", max_length=77, truncation=True).input_ids)
+
+
+# --- stage 1: VAE ---------------------------------------------------------------------------------------------
+
+
+def train_vae(args: argparse.Namespace, images: torch.Tensor, work: Path, logf: Path) -> None:
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(args.seed)
+    vae = AutoencoderKL(**VAE_CONFIG)
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(args.seed + 1)
+    log(f"vae: {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M params, {args.vae_steps} steps", logf)
+    t0 = time.time()
+    for step in range(args.vae_steps):
+        for pg in opt.param_groups:
+            pg["lr"] = lr_at(step, args.vae_steps, args.vae_lr)
+        idx = torch.randint(0, len(images), (args.vae_batch,), generator=g)
+        x = images[idx]  # (B, 3, 64, 64)
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=g)
+        rec = vae.decode(z).sample
+        rec_loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
+        kl = 0.5 * (post.mean.pow(2) + post.var - 1.0 - post.logvar).mean()
+        loss = rec_loss + args.vae_kl * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        if step % 100 == 0 or step == args.vae_steps - 1:
+            log(f"vae step {step} rec {rec_loss.item():.4f} kl {kl.item():.3f} ({time.time() - t0:.0f}s)", logf)
+    vae.save_pretrained(work / "vae")
+    log(f"vae done in {time.time() - t0:.0f}s", logf)
+
+
+# --- stage 2: latents -----------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def encode_latents(images: torch.Tensor, work: Path, logf: Path) -> None:
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(work / "vae").eval()
+    means, stds = [], []
+    for i in range(0, len(images), 256):
+        post = vae.encode(images[i : i + 256]).latent_dist
+        means.append(post.mean)
+        stds.append(post.std)
+    mean = torch.cat(means)  # (N, 4, 8, 8)
+    std = torch.cat(stds)
+    scale = float(1.0 / mean.std())
+    vae.register_to_config(scaling_factor=scale)
+    vae.save_pretrained(work / "vae")
+    torch.save({"mean": mean, "std": std, "scaling_factor": scale}, work / "latents.pt")
+    log(f"latents {tuple(mean.shape)}: mean {mean.mean():.3f} std {mean.std():.3f} → scaling_factor {scale:.4f}", logf)
+
+
+# --- stage 3: UNet + text encoder -----------------------------------------------------------------------------
+
+
+def train_unet(args: argparse.Namespace, captions: list[list[str]], work: Path, logf: Path) -> None:
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(args.seed + 2)
+    data = torch.load(work / "latents.pt")
+    lat_mean, lat_std, scale = data["mean"], data["std"], data["scaling_factor"]
+    n = len(lat_mean)
+    k = len(captions[0])
+    ids = tokenize([c for cs in captions[:n] for c in cs]).view(n, k, 77)  # (N, k, 77)
+    empty_ids = tokenize([""])[0]  # (77,)
+
+    unet = UNet2DConditionModel(**UNET_CONFIG)
+    te = CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER_CONFIG))
+    if args.resume:
+        unet = UNet2DConditionModel.from_pretrained(Path(args.resume) / "unet")
+        te = CLIPTextModel.from_pretrained(Path(args.resume) / "text_encoder")
+    unet.train()
+    te.train()
+    ema_unet, ema_te = copy.deepcopy(unet).eval(), copy.deepcopy(te).eval()
+    for p in [*ema_unet.parameters(), *ema_te.parameters()]:
+        p.requires_grad_(False)
+    params = [*unet.parameters(), *te.parameters()]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    acp = alphas_cumprod()
+    snr = acp / (1 - acp)
+    g = torch.Generator().manual_seed(args.seed + 3)
+    log(
+        f"unet: {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M params, text encoder "
+        f"{sum(p.numel() for p in te.parameters()) / 1e6:.2f}M, {n} images × {k} captions, {args.steps} steps "
+        f"of {args.batch}",
+        logf,
+    )
+    t0 = time.time()
+    ema_loss = None
+    for step in range(args.steps):
+        for pg in opt.param_groups:
+            pg["lr"] = lr_at(step, args.steps, args.lr, warmup=200)
+        idx = torch.randint(0, n, (args.batch,), generator=g)
+        which = torch.randint(0, k, (args.batch,), generator=g)
+        tokens = ids[idx, which].clone()  # (B, 77)
+        drop = torch.rand(args.batch, generator=g) < args.caption_dropout
+        tokens[drop] = empty_ids
+        x0 = (lat_mean[idx] + lat_std[idx] * torch.randn(lat_mean[idx].shape, generator=g)) * scale  # (B, 4, 8, 8)
+        t = torch.randint(0, TRAIN_STEPS, (args.batch,), generator=g)
+        eps = torch.randn(x0.shape, generator=g)
+        a = acp[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
+        cond = te(tokens).last_hidden_state  # (B, 77, 128)
+        pred = unet(xt, t, encoder_hidden_states=cond).sample
+        w = torch.clamp(snr[t], max=args.min_snr) / snr[t]  # min-SNR-γ weighting (Hang et al. 2023), eps target
+        loss = (w * (pred - eps).pow(2).mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for src, dst in ((unet, ema_unet), (te, ema_te)):
+                for ps, pd in zip(src.parameters(), dst.parameters()):
+                    pd.lerp_(ps, 1 - decay)
+        ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
+        if step % 50 == 0 or step == args.steps - 1:
+            log(f"unet step {step} loss {ema_loss:.4f} lr {opt.param_groups[0]['lr']:.2e} ({time.time() - t0:.0f}s)", logf)
+        if (step + 1) % args.save_every == 0 or step == args.steps - 1:
+            out = work / f"step_{step + 1:05d}"
+            ema_unet.save_pretrained(out / "unet")
+            ema_te.save_pretrained(out / "text_encoder")
+            log(f"saved {out}", logf)
+    log(f"unet done in {time.time() - t0:.0f}s", logf)
+
+
+# --- main -----------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, required=True, help="folder for intermediate diffusers-format components")
+    ap.add_argument("--stages", default="vae,latents,unet", help="comma list of vae,latents,unet")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--n-images", type=int, default=16000)
+    ap.add_argument("--n-alt-captions", type=int, default=3)
+    ap.add_argument("--vae-steps", type=int, default=1500)
+    ap.add_argument("--vae-batch", type=int, default=16)
+    ap.add_argument("--vae-lr", type=float, default=1e-3)
+    ap.add_argument("--vae-kl", type=float, default=1e-4)
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=4e-4)
+    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--min-snr", type=float, default=5.0)
+    ap.add_argument("--caption-dropout", type=float, default=0.1)
+    ap.add_argument("--save-every", type=int, default=500)
+    ap.add_argument("--resume", default=None, help="a step_XXXXX folder to start the UNet/text encoder from")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    args.work.mkdir(parents=True, exist_ok=True)
+    logf = args.work / "train.log"
+    (args.work / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=1))
+    stages = set(args.stages.split(","))
+    t0 = time.time()
+    images, captions = build_data(args.n_images, args.n_alt_captions)
+    log(f"dataset: {len(images)} images in {time.time() - t0:.0f}s; e.g. {captions[0][0]!r}", logf)
+    if "vae" in stages:
+        train_vae(args, images, args.work, logf)
+    if "latents" in stages:
+        encode_latents(images, args.work, logf)
+    if "unet" in stages:
+        train_unet(args, captions, args.work, logf)
+    log(f"all stages done in {time.time() - t0:.0f}s", logf)
+
+
+if __name__ == "__main__":
+    main()
