@@ -333,11 +333,10 @@ def _parse_kohya(sd: Mapping[str, torch.Tensor], what: str) -> tuple[dict[Target
     return patches, skipped
 
 
-def _diffusers_module(path: str) -> str:
-    """Old diffusers attention-processor names → module path (`attn1.processor.to_out_lora` → `attn1.to_out.0`)."""
-    path = path.replace(".processor.", ".")
-    if path.endswith("_lora"):
-        path = path[: -len("_lora")]
+def _diffusers_module(path: str, old_processor: bool) -> str:
+    """Module path from a diffusers key stem; old attention-processor names (`attn1.processor.to_out_lora`) too."""
+    if old_processor:
+        path = path.replace(".processor.", ".")
         if path.endswith("to_out"):
             path += ".0"
     return path
@@ -368,19 +367,19 @@ def _parse_diffusers(sd: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
         if pre is None:
             continue
         comp = "te1" if pre[1] == "te" and has_te2 else pre[1]
-        module = _diffusers_module(stem[len(pre[0]):])
+        old_processor = pair[0].startswith("_lora")
+        module = _diffusers_module(stem[len(pre[0]):], old_processor)
         parts = {"down": sd[key]}
         up_key = stem + pair[1]
         if up_key in sd:
             parts["up"] = sd[up_key]
             used.add(up_key)
-        module_stem = stem[: -len("_lora")] if pair[0].startswith("_lora") else stem
         for extra, role in ((".alpha", "alpha"), (".lora_magnitude_vector", "dora_scale"),
                             (".lora_magnitude_vector.weight", "dora_scale"),
                             (".lora_magnitude_vector.default.weight", "dora_scale")):
-            if module_stem + extra in sd:
-                parts[role] = sd[module_stem + extra]
-                used.add(module_stem + extra)
+            if stem + extra in sd:
+                parts[role] = sd[stem + extra]
+                used.add(stem + extra)
         if "alpha" not in parts and comp in default_alpha:
             parts["alpha"] = torch.tensor(default_alpha[comp])
         used.add(key)

@@ -156,3 +156,43 @@ def peft_lora_state_dict(unet: torch.nn.Module | None = None, text_encoders: Seq
             if alpha is not None:
                 sd[f"{prefix}.{path}.alpha"] = torch.tensor(float(alpha))
     return sd
+
+
+# -- tiny models in the real SD1.x / SDXL block layouts (CPU, random weights, < 0.5 s to build) ----------------------
+
+TINY_TE_HIDDEN = 32
+
+
+def tiny_text_encoder(projection: bool = False, seed: int = 0, layers: int = 2) -> torch.nn.Module:
+    """A tiny CLIPTextModel (SD1 / SDXL TE1) or CLIPTextModelWithProjection (SDXL TE2): hidden 32, vocab 49408."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    cfg = CLIPTextConfig(hidden_size=TINY_TE_HIDDEN, intermediate_size=37, num_hidden_layers=layers,
+                         num_attention_heads=4, vocab_size=49408, max_position_embeddings=77,
+                         projection_dim=TINY_TE_HIDDEN)
+    torch.manual_seed(seed)
+    model = (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg)
+    return model.eval()
+
+
+def tiny_unet(layout: Literal["sd1", "sdxl"] = "sd1", seed: int = 0) -> torch.nn.Module:
+    """A tiny UNet2DConditionModel: "sd1" = SD1 blocks (cross-attn first, conv 1×1 proj_in, context 32),
+    "sdxl" = SDXL blocks (plain first block, 2 layers per block, linear proj, text_time add_embedding, context 64)."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    if layout == "sd1":
+        unet = UNet2DConditionModel(
+            sample_size=8, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=32,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=TINY_TE_HIDDEN, attention_head_dim=4)
+    else:
+        unet = UNet2DConditionModel(
+            sample_size=8, block_out_channels=(32, 64, 64), layers_per_block=2, norm_num_groups=32,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2, 1), attention_head_dim=(2, 4, 4),
+            cross_attention_dim=2 * TINY_TE_HIDDEN, use_linear_projection=True,
+            addition_embed_type="text_time", addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=8 * 6 + TINY_TE_HIDDEN)
+    return unet.eval()
