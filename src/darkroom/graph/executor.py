@@ -214,11 +214,12 @@ class _PromptRun:
         except Exception:
             log.exception("event sink failed on %s", event)
 
-    def message(self, event: str, data: dict[str, Any]) -> None:
-        """A status event: timestamped (ms), kept for history, and sent."""
+    def message(self, event: str, data: dict[str, Any]) -> dict[str, Any]:
+        """A status event: timestamped (ms), kept for history, and sent; returns the sent payload."""
         data = {**data, "timestamp": int(time.time() * 1000)}
         self.result.messages.append((event, data))
         self.emit(event, data)
+        return data
 
     def progress_state(self, node_id: str, state: str, value: float = 0, max_value: float = 1) -> None:
         """ComfyUI's per-node `progress_state` event (pending/running/finished/error)."""
@@ -386,9 +387,8 @@ class _PromptRun:
         payload = {"prompt_id": self.prompt_id, "node_id": node_id, "node_type": self.classes[node_id].name,
                    "executed": list(self.result.executed)}
         self.result.status = "interrupted"
-        self.result.error = payload
         self._finish_failed()
-        self.message("execution_interrupted", payload)
+        self.result.error = self.message("execution_interrupted", payload)
 
     def _fail(self, node_id: str, ex: Exception, kwargs: dict[str, Any] | None) -> None:
         log.error("node %s (%s) failed", node_id, self.classes[node_id].name, exc_info=ex)
@@ -407,7 +407,6 @@ class _PromptRun:
             "current_outputs": list(self.available),
         }
         self.result.status = "error"
-        self.result.error = payload
         self._finish_failed()
         self.progress_state(node_id, "error")
-        self.message("execution_error", payload)
+        self.result.error = self.message("execution_error", payload)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import sys
 import traceback
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -310,17 +311,19 @@ def topological_order(node_ids: Iterable[str], links: Mapping[str, Mapping[str, 
     for n, ds in deps.items():
         for d in ds:
             users[d].add(n)
+    position = {n: i for i, n in enumerate(nodes)}
     remaining = {n: len(ds) for n, ds in deps.items()}
-    ready = [n for n in nodes if remaining[n] == 0]
+    ready = deque(n for n in nodes if remaining[n] == 0)
     order: list[str] = []
     while ready:
-        n = ready.pop(0)
+        n = ready.popleft()
         order.append(n)
-        for u in sorted(users[n], key=nodes.index):
+        for u in sorted(users[n], key=position.__getitem__):
             remaining[u] -= 1
             if remaining[u] == 0:
                 ready.append(u)
-    stuck = {n for n in nodes if n not in set(order)}
+    done = set(order)
+    stuck = {n for n in nodes if n not in done}
     # Peel off stuck nodes that merely hang below a cycle; what is left lies on one.
     changed = True
     while changed:
