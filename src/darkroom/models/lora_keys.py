@@ -51,7 +51,7 @@ def ldm_block_prefixes(unet: torch.nn.Module) -> list[tuple[str, str, bool]]:
     unet = unwrap(unet)
     out: list[tuple[str, str, bool]] = []
     idx = 1  # input_blocks.0 is conv_in
-    for i, block in enumerate(unet.down_blocks):
+    for i, block in enumerate(getattr(unet, "down_blocks", None) or []):
         attentions = getattr(block, "attentions", None) or []
         for j in range(len(block.resnets)):
             out.append((f"down_blocks.{i}.resnets.{j}", f"input_blocks.{idx}.0", True))
@@ -73,7 +73,7 @@ def ldm_block_prefixes(unet: torch.nn.Module) -> list[tuple[str, str, bool]]:
                 out.append((f"mid_block.attentions.{j}", f"middle_block.{k}", False))
                 k += 1
     idx = 0
-    for i, block in enumerate(unet.up_blocks):
+    for i, block in enumerate(getattr(unet, "up_blocks", None) or []):
         attentions = getattr(block, "attentions", None) or []
         n = len(block.resnets)
         for j in range(n):
