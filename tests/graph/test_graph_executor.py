@@ -306,6 +306,7 @@ def test_partially_valid_prompt_runs_the_good_outputs(toy):
               "11": {"class_type": "Show", "inputs": {"value": ["2", 0]}}}
     result = run(GraphExecutor(toy.registry), prompt)
     assert result.success and result.outputs == {"10": {"text": ["4"]}}
+    assert result.node_errors["2"]["dependent_outputs"] == ["11"]
 
 
 def test_outputs_to_execute_runs_only_those_outputs(toy):

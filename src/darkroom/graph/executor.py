@@ -1,5 +1,11 @@
 """Runs a validated workflow: only ancestors of output nodes, cached across runs, with ComfyUI's events.
 
+Events go to `on_event(type, data)` with ComfyUI's names and payloads: execution_start,
+execution_cached, executing (per node, then `node: None` at the end), progress, progress_state,
+executed (UI data of output nodes, replayed for cached ones), execution_success, execution_error,
+execution_interrupted. One extra, non-JSON event, `preview` {node, display_node, prompt_id, image},
+carries the preview a node passed to `ctx.progress`; a server turns it into a binary frame.
+
 Thread-safety: one `GraphExecutor` runs one prompt at a time. A second `execute` call while one
 is running raises `ExecutorBusyError` (the caller — a single worker thread fed by a queue — is
 meant to serialise prompts). `interrupt` may be set from any other thread; nodes see it through
@@ -55,6 +61,7 @@ class ExecutionResult:
     node_outputs: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # results (shared references)
     error: dict[str, Any] | None = None  # the execution_error / execution_interrupted payload
     messages: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # status messages (history)
+    node_errors: dict[str, Any] = field(default_factory=dict)  # validation errors of outputs left out
 
     @property
     def success(self) -> bool:
@@ -162,6 +169,7 @@ class GraphExecutor:
                 on_event=on_event, context_factory=context_factory, services=services or {},
                 interrupted=_interrupt_check(interrupt), extra_data=dict(extra_data or {}),
             )
+            run.result.node_errors = validation.node_errors
             with self._scope() if self._scope is not None else contextlib.nullcontext():
                 result = run.run()
             if send_done:

@@ -221,12 +221,17 @@ class Node:
     @classmethod
     def has_custom_check(cls) -> bool:
         """True if the class overrides `check_inputs`."""
-        return cls.check_inputs.__func__ is not Node.check_inputs.__func__  # type: ignore[attr-defined]
+        return _underlying(cls.check_inputs) is not _underlying(Node.check_inputs)
 
     @classmethod
     def has_fingerprint(cls) -> bool:
         """True if the class overrides `fingerprint` (its result then joins the cache key)."""
-        return cls.fingerprint.__func__ is not Node.fingerprint.__func__  # type: ignore[attr-defined]
+        return _underlying(cls.fingerprint) is not _underlying(Node.fingerprint)
+
+
+def _underlying(method: Any) -> Any:
+    """The plain function behind a (class)method, to tell overrides apart."""
+    return getattr(method, "__func__", method)
 
 
 def definition_problems(cls: type) -> list[str]:
