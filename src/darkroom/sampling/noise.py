@@ -12,6 +12,7 @@ A noise sampler is a callable `(sigma, sigma_next) -> Tensor` shaped like the sa
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -118,7 +119,10 @@ class BatchedBrownianTree:
         device, dtype = t0.device, t0.dtype
         if self.cpu_tree:
             t0, t1 = t0.detach().cpu().float(), t1.detach().cpu().float()
-        w = torch.stack([tree(t0, t1) for tree in self.trees]).to(device=device, dtype=dtype) * (self.sign * sign)
+        with warnings.catch_warnings():
+            # torchsde warns when a float32 query end rounds just above the tree's float end; harmless.
+            warnings.filterwarnings("ignore", message="Should have t[ab]<=t1", category=UserWarning)
+            w = torch.stack([tree(t0, t1) for tree in self.trees]).to(device=device, dtype=dtype) * (self.sign * sign)
         return w if self.batched else w[0]
 
 
