@@ -33,9 +33,7 @@ def is_user_error(e: BaseException) -> bool:
 def _resolve_sampler(sampler: str, scheduler: str | None) -> tuple[str, str]:
     """Accept ComfyUI names or A1111 labels ("DPM++ 2M Karras", "Euler a") for sampler and schedule."""
     from .cli import CLIError
-    from .sampling.names import parse_a1111_sampler
-    from .sampling.samplers import SAMPLER_NAMES
-    from .sampling.schedules import SCHEDULER_NAMES
+    from .sampling import SAMPLER_NAMES, SCHEDULER_NAMES, parse_a1111_sampler
 
     if sampler in SAMPLER_NAMES and (scheduler is None or scheduler in SCHEDULER_NAMES):
         return sampler, scheduler or "normal"

@@ -103,11 +103,9 @@ class Engine:
     def apply_loras(self, ckpt: Checkpoint, loras: list[LoraRef]) -> dict[str, str]:
         """Patch the checkpoint with exactly these LoRAs (restoring any others); returns name → short hash."""
         from ..models.hashing import lora_short_hash
-        from ..models.lora import LoraPatcher, load_lora_file
+        from ..models.lora import load_lora_file
 
-        patcher = self._patchers.get(id(ckpt))
-        if patcher is None:
-            patcher = self._patchers[id(ckpt)] = LoraPatcher(ckpt.unet, ckpt.text_encoders)
+        patcher = self.patcher(ckpt)
         entries, hashes = [], {}
         for ref in loras:
             path = self.registry.find("loras", ref.name)
@@ -115,6 +113,16 @@ class Engine:
             hashes[ref.name] = lora_short_hash(path, cache_file=self._hash_cache())
         patcher.apply(entries)
         return hashes
+
+    def patcher(self, ckpt: Checkpoint):
+        """The one LoRA patcher of a loaded checkpoint (patches are applied per generation, restored exactly)."""
+        from ..models.lora import LoraPatcher
+
+        with self._lock:
+            patcher = self._patchers.get(id(ckpt))
+            if patcher is None:
+                patcher = self._patchers[id(ckpt)] = LoraPatcher.for_checkpoint(ckpt)
+            return patcher
 
     def _hash_cache(self) -> Path:
         return self.settings.resolved_cache_dir / "hashes.json"
@@ -129,8 +137,7 @@ class Engine:
     # -- generation -------------------------------------------------------------------------------------
     def validate(self, p: GenerationParams) -> None:
         """Reject requests that cannot run, with a message naming the problem."""
-        from ..sampling.samplers import SAMPLER_NAMES
-        from ..sampling.schedules import SCHEDULER_NAMES
+        from ..sampling import SAMPLER_NAMES, SCHEDULER_NAMES
 
         if p.steps < 1:
             raise RequestError(f"steps must be at least 1 (got {p.steps})")

@@ -90,7 +90,7 @@ def ksample(
     add_noise: bool = True,
     start_step: int | None = None,
     end_step: int | None = None,
-    force_full_denoise: bool = True,
+    force_full_denoise: bool = False,
     noise_mask: torch.Tensor | None = None,
     concat_latent: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
@@ -108,16 +108,11 @@ def ksample(
         concat=inpaint_concat(ckpt, latent, noise_mask, concat_latent),
         latent_size_px=(w * ckpt.vae_downscale, h * ckpt.vae_downscale),
     )
-    total = [0]
-
     def callback(info: dict) -> None:
         if cancelled is not None and cancelled():
             raise Interrupted("generation was interrupted")
         if progress is not None:
-            progress(int(info["i"]) + 1, total[0], info.get("denoised"))
-
-    def on_total(n: int) -> None:
-        total[0] = n
+            progress(int(info["i"]) + 1, int(info["total_steps"]), info.get("denoised"))
 
     mask = None if noise_mask is None else _latent_mask(noise_mask, (h, w), B)
     scale = ckpt.latent_scale
@@ -125,7 +120,7 @@ def ksample(
         denoiser, latent.float() * scale,
         sampler=sampler, scheduler=scheduler, model_sampling=ms, steps=steps, seed=seed,
         denoise_strength=denoise, noise=noise, add_noise=add_noise, start_step=start_step, end_step=end_step,
-        force_full_denoise=force_full_denoise, denoise_mask=mask, callback=callback, on_total_steps=on_total,
+        force_full_denoise=force_full_denoise, denoise_mask=mask, callback=callback,
     )
     return out.float() / scale
 
