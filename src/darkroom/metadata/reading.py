@@ -78,7 +78,7 @@ def decode_user_comment(data: bytes | str) -> str:
     elif prefix == b"JIS\0\0\0\0\0":
         text = body.decode("shift_jis", errors="replace")
     else:  # undefined prefix: A1111 falls back to UTF-8 of the whole value
-        text = data.decode("utf-8", errors="ignore")
+        text = data.decode("utf-8", errors="ignore").lstrip("\0")
     return text.rstrip("\0")
 
 
