@@ -288,7 +288,7 @@ def infotext_params(params: GenerationParams, *, seed: int, model_name: str | No
 
 def infotext_for(params: GenerationParams, *, seed: int, model_name: str | None, model_hash: str | None = None,
                  extra: Mapping[str, object] | None = None, **kwargs: Any) -> str:
-    """The A1111 infotext of one image of our request (kwargs: vae_hash, lora_hashes, ti_hashes, refiner_hash, version)."""
+    """The A1111 infotext of one image (kwargs: vae_hash, lora_hashes, ti_hashes, refiner_hash, version)."""
     p = infotext_params(params, seed=seed, model_name=model_name, model_hash=model_hash, extra=extra, **kwargs)
     return build_infotext(params.prompt, params.negative_prompt, p)
 
@@ -298,8 +298,8 @@ def _int(res: Mapping[str, Any], key: str, default: int) -> int:
     if v in (None, ""):
         return default
     try:
-        return int(float(v))
-    except (TypeError, ValueError):
+        return int(v) if isinstance(v, (int, str)) and str(v).strip().lstrip("+-").isdigit() else int(float(v))
+    except (TypeError, ValueError, OverflowError):
         raise InfotextError(f"infotext {key!r} is not a number: {v!r}") from None
 
 

@@ -211,7 +211,7 @@ def write_image(image: Image.Image, path: str | os.PathLike[str], *, parameters:
 def write_comfy_images(images: list[Image.Image], output_dir: str | os.PathLike[str], filename_prefix: str = "ComfyUI",
                        *, prompt: Mapping[str, Any] | None = None, extra_pnginfo: Mapping[str, Any] | None = None,
                        parameters: str | None = None) -> list[dict[str, str]]:
-    """ComfyUI SaveImage: `prefix_00001_.png`… with `prompt` and extra_pnginfo (`workflow`) chunks; UI result items."""
+    """ComfyUI SaveImage: `prefix_00001_.png`… with `prompt` and extra_pnginfo chunks; returns the UI result items."""
     if not images:
         return []
     folder, base, counter, subfolder = save_image_path(output_dir, filename_prefix, images[0].width,

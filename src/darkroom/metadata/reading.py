@@ -16,7 +16,7 @@ from PIL import Image
 if TYPE_CHECKING:
     from ..engine.params import GenerationParams
 from .comfy_summary import is_api_prompt, summarize_comfy_prompt
-from .infotext import parse_infotext, params_from_infotext
+from .infotext import parse_infotext, params_from_infotext, split_infotext
 
 _EXIF_IFD = 0x8769
 _USER_COMMENT = 0x9286
@@ -135,9 +135,11 @@ def _open(src: str | os.PathLike[str] | bytes | IO[bytes]) -> tuple[Image.Image,
         img.load()  # PNG text chunks after IDAT are only read here; also detects truncation
     except FileNotFoundError:
         raise
+    except Image.UnidentifiedImageError:
+        raise ImageMetadataError(f"{label}: not a readable image (unknown format or corrupt header)") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError, TypeError,
             Image.DecompressionBombError) as e:
-        raise ImageMetadataError(f"{label}: not a readable image ({e or type(e).__name__})") from None
+        raise ImageMetadataError(f"{label}: corrupt or truncated image ({e or type(e).__name__})") from None
     return img, name
 
 
@@ -237,17 +239,16 @@ def format_info(meta: ImageMetadata) -> str:
         if info.get("Negative prompt"):
             lines.append(f"Negative prompt: {info['Negative prompt']}")
         lines.append("Parameters:")
-        from .infotext import split_infotext
-
         for k, v in split_infotext(meta.parameters)[2].items():
             lines.append(f"  {k}: {v}")
     if meta.comfy.get("samplers"):
         c = meta.comfy
         lines.append(f"ComfyUI workflow: {len(meta.prompt or {})} nodes, {c['samplers']} sampler(s)")
-        if meta.parameters is None:
-            lines.append(f"Prompt: {c.get('positive', '')}")
-            if c.get("negative"):
-                lines.append(f"Negative prompt: {c['negative']}")
+    if meta.comfy.get("samplers") and meta.parameters is None:  # the infotext above already says it all
+        c = meta.comfy
+        lines.append(f"Prompt: {c.get('positive', '')}")
+        if c.get("negative"):
+            lines.append(f"Negative prompt: {c['negative']}")
         for label, key in (("Checkpoint", "checkpoint"), ("Seed", "seed"), ("Steps", "steps"), ("CFG", "cfg"),
                            ("Sampler", "sampler_name"), ("Scheduler", "scheduler"), ("Denoise", "denoise"),
                            ("Init image", "init_image")):
@@ -261,7 +262,7 @@ def format_info(meta: ImageMetadata) -> str:
         if "second_pass" in c:
             sp = c["second_pass"]
             lines.append(f"  Second pass: {sp.get('steps')} steps at denoise {sp.get('denoise')}")
-    elif meta.workflow is not None:
+    if meta.workflow is not None and not meta.comfy.get("samplers"):
         lines.append(f"ComfyUI UI workflow: {len(meta.workflow.get('nodes', []))} nodes")
     shown = {"parameters", "prompt", "workflow"}
     for k, v in meta.text.items():
