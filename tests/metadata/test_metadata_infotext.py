@@ -171,7 +171,8 @@ def test_build_negative_line_and_key_equal_value():
 
 def test_build_parse_round_trip_arbitrary_values():
     params = {"Steps": 12, "Sampler": "DPM++ 2M", "CFG scale": 6.5, "Seed": 99, "Size": "640x448",
-              "Note": "commas, colons: and\nnewlines", "Quote": 'say "hi"', "Emoji": "🙂, ok"}
+              "Note": "commas, colons: and\nnewlines", "Quote": 'say "hi"', "Emoji": "🙂, ok",
+              "Escaped": 'he said "hi, there" \\ left'}
     text = build_infotext("a\nmulti-line prompt", "neg, ative", params)
     d = parse_infotext(text)
     assert d["Prompt"] == "a\nmulti-line prompt" and d["Negative prompt"] == "neg, ative"
@@ -180,6 +181,8 @@ def test_build_parse_round_trip_arbitrary_values():
     assert (d["Size-1"], d["Size-2"]) == ("640", "448")
     # a value without special characters is written raw and so keeps its quotes
     assert d["Quote"] == 'say "hi"'
+    assert d["Escaped"] == 'he said "hi, there" \\ left'
+    assert build_infotext(*split_infotext(text)) == text
 
 
 def test_uses_emphasis():

@@ -38,6 +38,8 @@ def test_infotext_for_minimal_txt2img_omits_optional_keys():
     assert "CFG scale: 7.5, Seed: 7, Size: 512x512, Model: m, Version: darkroom" in text
     for key in ("Negative prompt", "Clip skip", "Denoising strength", "Hires", "Model hash", "VAE", "Refiner"):
         assert key not in text
+    assert infotext_for(p, seed=7, model_name="m", extra={"Version": "v9"}).endswith(", Version: v9")
+    assert infotext_for(p, seed=7, model_name="m", version="x 1").endswith(", Version: x 1")
 
 
 def test_infotext_for_img2img_and_refiner_and_engine_extras():

@@ -282,7 +282,8 @@ def infotext_params(params: GenerationParams, *, seed: int, model_name: str | No
         else:
             slots[k] = v
     out.update(slots)
-    out["Version"] = version if version is not None else f"darkroom {__version__}"
+    if version is not None or "Version" not in out:  # an explicit `version`, else extra's, else ours
+        out["Version"] = version if version is not None else f"darkroom {__version__}"
     return order_params(out)
 
 
