@@ -13,6 +13,10 @@ def is_user_error(e: BaseException) -> bool:
     from .models.family import UnsupportedModelError
 
     user_types: list[type] = [RequestError, UnsupportedModelError, Interrupted, FileNotFoundError, FileExistsError]
+    from .metadata.infotext import InfotextError
+    from .metadata.png import ImageMetadataError, UnsafeOutputPathError
+
+    user_types += [InfotextError, ImageMetadataError, UnsafeOutputPathError]
     try:
         from .models import errors as model_errors
 
@@ -111,9 +115,10 @@ def cmd_generate(args: argparse.Namespace, settings_fn) -> int:
         if bar is not None:
             bar.close()
     paths = _output_paths(args, settings.output_dir, result.seeds)
+    auto_named = args.output is None or args.output.is_dir()
     for image, info, workflow, path in zip(result.images, result.infotexts, result.workflows, paths):
-        write_png(image, path, parameters=info, prompt=workflow)
-        print(path)
+        written = write_png(image, path, parameters=info, prompt=workflow, on_exists="next" if auto_named else "error")
+        print(written)
     return 0
 
 
@@ -170,6 +175,7 @@ def cmd_run(args: argparse.Namespace, settings_fn) -> int:
     result = engine.generate(params)
     settings.output_dir.mkdir(parents=True, exist_ok=True)
     path = next_free_path(settings.output_dir, seed=result.seeds[0])
-    write_png(result.images[0], path, parameters=result.infotexts[0], prompt=result.workflows[0])
+    path = write_png(result.images[0], path, parameters=result.infotexts[0], prompt=result.workflows[0],
+                     on_exists="next")
     print(f"darkroom: model {result.model_name}; sample image written to {path}")
     return 0

@@ -1,7 +1,27 @@
-"""The engine: typed generation requests over loaded models. Never imports the server, the CLI or the node registry."""
+"""The engine: typed generation requests over loaded models. Never imports the server, the CLI or the node registry.
 
-from .engine import Engine, GenerationResult, RequestError
-from .params import GenerationParams, HiresParams, LoraRef
-from .pipeline import Interrupted
+Names are imported lazily so that light users (metadata, CLI argument parsing) do not pay for importing torch.
+"""
 
-__all__ = ["Engine", "GenerationParams", "GenerationResult", "HiresParams", "Interrupted", "LoraRef", "RequestError"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Engine": ".engine",
+    "GenerationResult": ".engine",
+    "RequestError": ".engine",
+    "GenerationParams": ".params",
+    "HiresParams": ".params",
+    "LoraRef": ".params",
+    "Interrupted": ".pipeline",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
