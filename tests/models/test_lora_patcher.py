@@ -10,7 +10,7 @@ import torch
 
 from darkroom.models.bundle import Checkpoint
 from darkroom.models.family import Family, ModelKind
-from darkroom.models.lora import LoraMismatchError, LoraPatcher, load_lora_file, lora_from_state_dict
+from darkroom.models.lora import LoraMismatchError, LoraPatcher, LoraWeight, load_lora_file, lora_from_state_dict
 from darkroom.models.lora_keys import text_encoder_lora_names, unet_lora_names
 from darkroom.testing.lora_files import kohya_lora_state_dict, peft_lora_state_dict, tiny_text_encoder, tiny_unet, \
     write_kohya_lora
@@ -253,8 +253,10 @@ def test_lora_for_another_family_raises_before_touching(sd1):
     xl = tiny_unet("sdxl")
     sd = kohya_lora_state_dict(xl, unet_naming="ldm", select=lambda k: "input_blocks_4_" in k or "input_blocks_5_" in k)
     lf = lora_from_state_dict(sd, "xl_only")
-    with pytest.raises(LoraMismatchError, match=r"xl_only.*none of its \d+ modules matched.*SDXL"):
-        LoraPatcher(unet, [te]).apply([lf])
+    patcher = LoraPatcher(unet, [te])
+    for _ in range(2):  # the mapping is cached; the error must not be
+        with pytest.raises(LoraMismatchError, match=r"xl_only.*none of its \d+ modules matched.*SDXL"):
+            patcher.apply([lf])
     assert _same([unet, te], orig)
     te_only = lora_from_state_dict(kohya_lora_state_dict(None, [te], te_prefixes=["lora_te"]), "te_only")
     with pytest.raises(LoraMismatchError, match="no te component"):
@@ -284,9 +286,28 @@ def test_backups_only_for_touched_weights_on_cpu(sd1, sd1_files):
     assert len(same_dev.patched_slots) == len(patcher.patched_slots)
 
 
-def test_bad_apply_arguments():
+def test_argument_forms_and_bad_arguments(sd1, sd1_files):
+    unet, te = sd1
+    a, _ = sd1_files
+    patcher = LoraPatcher(unet, [te])
+    assert patcher.apply([a]).changed is True  # a bare LoraFile means te = unet = 1
+    assert patcher.apply([LoraWeight(a)]).changed is False
+    assert patcher.apply([(a, 1, 1.0)]).changed is False
+    assert patcher.applied == [("style_a", 1.0, 1.0)]
     with pytest.raises(TypeError, match="LoraFile"):
-        LoraPatcher(tiny_unet("sd1")).apply([("not a lora", 1.0, 1.0)])
+        patcher.apply([("not a lora", 1.0, 1.0)])
+
+
+def test_apply_under_inference_mode_then_restore_outside(sd1, sd1_files):
+    unet, te = sd1
+    a, _ = sd1_files
+    orig = _state(unet, te)
+    patcher = LoraPatcher(unet, [te])
+    with torch.inference_mode():  # how an engine worker typically runs
+        patcher.apply([(a, 1.0, 0.5)])
+    assert not _same([unet, te], orig)
+    patcher.restore()
+    assert _same([unet, te], orig)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

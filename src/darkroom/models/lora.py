@@ -62,8 +62,9 @@ class LoraMatch:
     """How one LoraFile maps onto one model: the patched slots and what did not fit."""
 
     name: str
-    #: (slot, patch, is_text_encoder); a slot is "unet:<path>" or "te<i>:<path>".
-    targets: list[tuple[str, WeightPatch, bool]]
+    #: (slot, target key in the file, is_text_encoder); a slot is "unet:<path>" or "te<i>:<path>".
+    #: Holds names only, so the cache never keeps a LoRA's tensors alive.
+    targets: list[tuple[str, TargetKey, bool]]
     #: target name as written in the file ("lora_unet_…") → why it was not used.
     unmatched: dict[str, str]
 
@@ -118,7 +119,7 @@ class LoraPatcher:
         self._lock = threading.RLock()
         self._names: dict[str, dict[str, str]] | None = None  # component → {lora name → module path}
         self._modules: dict[str, torch.nn.Module] = {}  # slot → module owning the weight
-        self._matches: dict[str, LoraMatch] = {}  # fingerprint → match (bounded cache)
+        self._matches: dict[str, LoraMatch] = {}  # fingerprint → match (bounded cache of names)
         self._backups: dict[str, torch.Tensor] = {}  # slot → original weight
         self._spec: tuple | None = None
         self._report = ApplyReport(changed=False)
@@ -158,9 +159,10 @@ class LoraPatcher:
         with self._lock:
             hit = self._matches.get(lora.fingerprint)
             if hit is not None:
+                self._check_match(lora, hit, warn=False)
                 return hit
             tables = self._name_tables()
-            targets: list[tuple[str, WeightPatch, bool]] = []
+            targets: list[tuple[str, TargetKey, bool]] = []
             unmatched: dict[str, str] = {}
             for (comp, name), patch in lora.patches.items():
                 table = tables.get(comp)
@@ -176,16 +178,16 @@ class LoraPatcher:
                 if not patch.fits(shape):
                     unmatched[_file_name(comp, name)] = f"shape mismatch with model weight {tuple(shape)}"
                     continue
-                targets.append((slot, patch, comp != "unet"))
+                targets.append((slot, (comp, name), comp != "unet"))
             m = LoraMatch(lora.name, targets, unmatched)
             if len(self._matches) >= 64:
                 self._matches.pop(next(iter(self._matches)))
             self._matches[lora.fingerprint] = m
-            self._check_match(lora, m)
+            self._check_match(lora, m, warn=True)
             return m
 
-    def _check_match(self, lora: LoraFile, m: LoraMatch) -> None:
-        """Raise if nothing fits, warn (listing a few) if part does not."""
+    def _check_match(self, lora: LoraFile, m: LoraMatch, warn: bool) -> None:
+        """Raise if nothing fits (every time), warn listing a few if part does not (first time only)."""
         if not m.unmatched:
             return
         sample = "; ".join(f"{k} ({v})" for k, v in list(m.unmatched.items())[:_SHOW])
@@ -195,8 +197,9 @@ class LoraPatcher:
             hint = f" It looks like a LoRA for {base.upper()}; is the right checkpoint loaded?" if base else ""
             raise LoraMismatchError(f"LoRA '{lora.name}' does not fit this model: none of its {m.total} modules "
                                     f"matched, e.g. {sample}{more}.{hint}")
-        log.warning("LoRA '%s': %d of %d modules do not fit this model and are ignored: %s%s",
-                    lora.name, len(m.unmatched), m.total, sample, more)
+        if warn:
+            log.warning("LoRA '%s': %d of %d modules do not fit this model and are ignored: %s%s",
+                        lora.name, len(m.unmatched), m.total, sample, more)
 
     # -- patching ------------------------------------------------------------------------------------------------
 
@@ -224,10 +227,10 @@ class LoraPatcher:
             matches = [self.match(w.lora) for w in items]  # may raise before anything is touched
             plan: dict[str, list[tuple[WeightPatch, float]]] = {}
             for w, m in zip(items, matches):
-                for slot, patch, is_te in m.targets:
+                for slot, key, is_te in m.targets:
                     mult = w.te if is_te else w.unet
                     if mult != 0.0:
-                        plan.setdefault(slot, []).append((patch, mult))
+                        plan.setdefault(slot, []).append((w.lora.patches[key], mult))
             try:
                 for slot in [s for s in self._backups if s not in plan]:
                     self._restore_slot(slot)

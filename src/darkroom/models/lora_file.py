@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Protocol, runtime_checkable
@@ -72,12 +73,12 @@ class WeightPatch(Protocol):
         """True if this patch can be applied to a weight of this shape."""
 
     def apply(self, weight: torch.Tensor, multiplier: float) -> torch.Tensor:
-        """Return the patched float32 weight: `weight` (float32, on the compute device) with the patch at `multiplier`."""
+        """The patched weight: `weight` (float32, on the compute device) with this patch at `multiplier`."""
 
 
 @dataclass(eq=False)
 class LowRankPatch:
-    """A LoRA/LoCon module patch: ΔW = (alpha/rank)·up @ [mid ×] down, optionally DoRA-normalised (Hu 2021; Liu 2024).
+    """A LoRA/LoCon patch: ΔW = (alpha/rank)·up @ [mid ×] down, optionally DoRA-normalised (Hu 2021; Liu 2024).
 
     Shapes: linear up (out, r), down (r, in); conv up (out, r, 1, 1), down (r, in, kh, kw);
     Tucker conv (LoCon `lora_mid`): down (r, in, 1, 1), mid (r, r, kh, kw).
@@ -169,12 +170,12 @@ class LoraFile:
     metadata: dict[str, str] = field(default_factory=dict)
     #: file keys that were not turned into patches → reason (e.g. "LyCORIS LoHa is not supported yet").
     skipped: dict[str, str] = field(default_factory=dict)
-    #: identity used by LoraPatcher to make repeated `apply` calls free (path+size+mtime, or object id).
+    #: identity used by LoraPatcher to make repeated `apply` calls free (path+size+mtime, or a random id).
     fingerprint: str = ""
 
     def __post_init__(self) -> None:
         if not self.fingerprint:
-            self.fingerprint = f"mem:{id(self)}"
+            self.fingerprint = f"mem:{uuid.uuid4().hex}"  # not id(): ids are reused after garbage collection
 
     def __len__(self) -> int:
         return len(self.patches)
@@ -186,7 +187,7 @@ class LoraFile:
 
     @property
     def base_model(self) -> str | None:
-        """Best guess of the family it was trained for: 'sd1', 'sd2', 'sdxl' or None (from kohya metadata, then keys)."""
+        """Guess of the family it was trained for: 'sd1', 'sd2', 'sdxl' or None (kohya metadata, then keys)."""
         version = str(self.metadata.get("ss_base_model_version", ""))
         if version.startswith("sdxl"):
             return "sdxl"
@@ -351,7 +352,8 @@ def _parse_diffusers(sd: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
     if raw:
         try:
             meta = json.loads(raw)
-            for prefix, comp in (("unet", "unet"), ("text_encoder", "te1" if has_te2 else "te"), ("text_encoder_2", "te2")):
+            te = "te1" if has_te2 else "te"
+            for prefix, comp in (("unet", "unet"), ("text_encoder", te), ("text_encoder_2", "te2")):
                 if f"{prefix}.lora_alpha" in meta:
                     default_alpha[comp] = float(meta[f"{prefix}.lora_alpha"])
         except (ValueError, TypeError):

@@ -184,7 +184,8 @@ def tiny_unet(layout: Literal["sd1", "sdxl"] = "sd1", seed: int = 0) -> torch.nn
     if layout == "sd1":
         unet = UNet2DConditionModel(
             sample_size=8, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=32,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
             cross_attention_dim=TINY_TE_HIDDEN, attention_head_dim=4)
     else:
         unet = UNet2DConditionModel(
