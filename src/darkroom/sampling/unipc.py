@@ -153,6 +153,13 @@ def sample_uni_pc(
     order = min(3, len(timesteps) - 2)
     steps = len(timesteps) - 1
     batch = x.shape[0]
+
+    def emit(i: int) -> None:
+        # k-diffusion convention: x (in k-space) at sigmas[i] before step i, and the latest x0 estimate.
+        if callback is not None:
+            x_k = x * torch.sqrt(1.0 + timesteps[i] ** 2.0)
+            callback({"i": i, "x": x_k, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": model_prev_list[-1]})
+
     model_prev_list: list[torch.Tensor] = []
     t_prev_list: list[torch.Tensor] = []
     for step_index in range(steps):
@@ -160,6 +167,7 @@ def sample_uni_pc(
             vec_t = timesteps[0].expand(batch)
             model_prev_list = [solver.data_prediction(x, vec_t)]
             t_prev_list = [vec_t]
+            emit(0)
         elif step_index < order:
             init_order = step_index
             vec_t = timesteps[init_order].expand(batch)
@@ -168,6 +176,7 @@ def sample_uni_pc(
                 model_x = solver.data_prediction(x, vec_t)
             model_prev_list.append(model_x)
             t_prev_list.append(vec_t)
+            emit(step_index)
         else:
             extra_final_step = 1 if step_index == steps - 1 else 0
             for step in range(step_index, step_index + 1 + extra_final_step):
@@ -183,8 +192,7 @@ def sample_uni_pc(
                     if model_x is None:
                         model_x = solver.data_prediction(x, vec_t)
                     model_prev_list[-1] = model_x
-        if callback is not None:
-            callback({"i": step_index, "x": x, "sigma": sigmas[step_index], "sigma_hat": sigmas[step_index], "denoised": model_prev_list[-1]})
+                    emit(step)
     x = x / _alpha(timesteps[-1])
     return x
 
