@@ -17,8 +17,11 @@ def tiny_clip(hidden: int, *, layers: int = 3, projection: bool = False, seed: i
         eos_token_id=eos_token_id,
     )
     model = (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg).eval()
-    with torch.no_grad():  # larger random token embeddings so different prompts differ clearly
-        model.get_input_embeddings().weight.normal_(0, 0.5)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.normal_(0, 0.5)  # so different prompts differ clearly
+        for name, p in model.named_parameters():  # trained-like LayerNorms: a default LN output has mean 0 exactly
+            if "layer_norm" in name:
+                p.normal_(1.0 if name.endswith("weight") else 0.3, 0.2)
     return model
 
 
@@ -45,3 +48,9 @@ def te_g():
 @pytest.fixture(scope="session")
 def te_h():
     return tiny_clip(40, seed=3)
+
+
+@pytest.fixture(scope="session")
+def make_clip():
+    """The `tiny_clip` builder, for tests that need an encoder with other settings."""
+    return tiny_clip

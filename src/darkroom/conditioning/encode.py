@@ -259,7 +259,9 @@ def _emphasize(z: torch.Tensor, weights: torch.Tensor, emphasis: str) -> torch.T
     original_mean = z.mean()
     z = z * weights.unsqueeze(-1)
     if emphasis == "original":
-        z = z * (original_mean / z.mean())
+        new_mean = z.mean()
+        if new_mean != 0:  # (A1111 would produce NaN here; never happens with real weights)
+            z = z * (original_mean / new_mean)
     return z
 
 
