@@ -10,8 +10,12 @@ the image like the real ones. A UNet forward at 64×64 px (8×8 latents) takes m
 
 from __future__ import annotations
 
+import atexit
 import copy
+import functools
 import json
+import shutil
+import tempfile
 from pathlib import Path
 import torch
 
@@ -84,9 +88,10 @@ def tiny_configs(kind: ModelKind | Family | str) -> dict[str, dict]:
 
 def _jitter(module: torch.nn.Module, g: torch.Generator, scale: float = 0.02) -> None:
     """Make every tensor distinct (no all-zero biases or all-one norms a wrong mapping could hide behind)."""
+    params = list(module.parameters())
+    noise = torch.randn(sum(p.numel() for p in params), generator=g) * scale
     with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
+        torch._foreach_add_(params, [n.view_as(p) for n, p in zip(noise.split([p.numel() for p in params]), params)])
 
 
 def text_encoder_from_config(config: dict, projection: bool) -> torch.nn.Module:
@@ -115,7 +120,9 @@ def tiny_components(
             out[slot] = text_encoder_from_config(configs[slot], projection=slot == "text_encoder_2")
     for m in out.values():
         _jitter(m, g)
-        m.to(dtype).eval()
+        if dtype != torch.float32:
+            m.to(dtype)
+        m.eval()
     return out
 
 
@@ -230,6 +237,35 @@ def write_tiny_vae(
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# per-process caches (tests of several modules share one build per kind)
+
+_SHARED_DIR: list[Path] = []
+
+
+def _shared_dir() -> Path:
+    if not _SHARED_DIR:
+        d = Path(tempfile.mkdtemp(prefix="darkroom-tiny-"))
+        atexit.register(shutil.rmtree, d, True)
+        _SHARED_DIR.append(d)
+    return _SHARED_DIR[0]
+
+
+@functools.lru_cache(maxsize=None)
+def shared_tiny_components(kind: str, seed: int = 0) -> dict[str, torch.nn.Module]:
+    """`tiny_components(kind, seed)` built once per process; treat the modules as read-only."""
+    return tiny_components(kind, seed=seed)
+
+
+@functools.lru_cache(maxsize=None)
+def shared_tiny_checkpoint(kind: str, layout: str = "ldm", dtype: torch.dtype = torch.float32, seed: int = 0) -> Path:
+    """The tiny checkpoint of `shared_tiny_components(kind, seed)` written once per process (read-only file)."""
+    suffix = "" if layout == "diffusers" else ".safetensors"
+    name = f"{kind}-{layout}-{str(dtype).removeprefix('torch.')}-{seed}{suffix}"
+    return write_tiny_checkpoint(_shared_dir() / name, kind, dtype=dtype, layout=layout,
+                                 components=shared_tiny_components(kind, seed))
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # full-size listings (meta device: shapes only, no memory)
 
 
@@ -268,6 +304,7 @@ def kind_template(kind: ModelKind | Family | str) -> str:
 
 __all__ = [
     "ALL_KINDS", "KIND_NAMES", "TINY_TEXT", "TINY_UNET", "TINY_VAE", "as_kind", "full_size_components",
-    "full_size_shapes", "full_size_state_dict", "kind_template", "tiny_components", "tiny_configs",
+    "full_size_shapes", "full_size_state_dict", "kind_template", "shared_tiny_checkpoint", "shared_tiny_components",
+    "tiny_components", "tiny_configs",
     "write_config_dir", "write_tiny_checkpoint", "write_tiny_vae",
 ]
