@@ -233,7 +233,8 @@ def test_legacy_eos_config_pooling_with_embedding(tok_l, tok_g, make_clip):
     te_l2 = make_clip(32, seed=5, eos_token_id=2)
     te_g2 = make_clip(48, projection=True, seed=6, eos_token_id=2)  # old configs pool at argmax(input_ids)
     enc = TextEncoders(Family.SDXL, [te_l2, te_g2], [tok_l, tok_g])
-    lib = EmbeddingLibrary(embeddings=[Embedding("xlemb", {"clip_l": torch.randn(2, 32), "clip_g": torch.randn(2, 48)})])
+    emb = Embedding("xlemb", {"clip_l": torch.randn(2, 32), "clip_g": torch.randn(2, 48)})
+    lib = EmbeddingLibrary(embeddings=[emb])
     c = encode_prompt(enc, "a xlemb", embeddings=lib)
     hidden = encode_prompt(TextEncoders(Family.SDXL_REFINER, [te_g2], [tok_g]), "a embedding:xlemb", embeddings=lib,
                            clip_skip=0, style="comfy")  # comfy clip skip 0 on SDXL: the final layer, no LN

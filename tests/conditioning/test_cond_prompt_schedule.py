@@ -1,4 +1,4 @@
-"""A1111 prompt editing / alternation schedules — the doctests of A1111 1.10 `get_learned_conditioning_prompt_schedules`."""
+"""A1111 prompt editing and alternation: the doctests of A1111 1.10 `get_learned_conditioning_prompt_schedules`."""
 
 import pytest
 

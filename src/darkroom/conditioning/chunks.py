@@ -52,7 +52,8 @@ def tokenize(tokenizer, texts: list[str]) -> list[list[int]]:
     """Token ids of each text without BOS/EOS and without truncation."""
     if not texts:
         return []
-    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]]
+    out = tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+    return [list(ids) for ids in out]
 
 
 def _special_ids(tokenizer) -> tuple[int, int, int]:
@@ -184,7 +185,8 @@ def comfy_chunks(
                 if emb is None:
                     log.warning("embedding %r does not exist, ignoring", word[len(_COMFY_EMBED):])
                 elif dim is not None and emb.for_encoder(key, dim) is None:
-                    log.warning("embedding %r does not fit this text encoder (%s, width %s), ignoring", emb.name, key, dim)
+                    log.warning("embedding %r does not fit this text encoder (%s, width %s), ignoring",
+                                emb.name, key, dim)
                 else:
                     placed.append(emb)
                     groups.append([(emb, weight, i) for i in range(emb.num_vectors)])

@@ -266,7 +266,9 @@ class EmbeddingLibrary:
         if cached is not None and cached[0] == self._version and cached[1] is tokenizer:
             return cached[2]
         names = self.names()
-        ids_list = tokenizer(names, add_special_tokens=False, truncation=False, verbose=False)["input_ids"] if names else []
+        ids_list = []
+        if names:
+            ids_list = tokenizer(names, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
         table: dict[int, list[tuple[list[int], str]]] = {}
         for name, ids in zip(names, ids_list):
             if ids:

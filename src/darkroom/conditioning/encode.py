@@ -1,4 +1,4 @@
-"""Text encoding: prompt → cross-attention embeddings `(B, 77·k, D)` (+ SDXL pooled `(B, P)`), A1111- or ComfyUI-style.
+"""Text encoding: prompt → cross-attention states `(B, 77·k, D)` (+ SDXL pooled `(B, P)`), A1111 or ComfyUI style.
 
 Which hidden state each family uses (`clip_skip` = 1 means the family's standard layer, A1111 numbering):
 - SD1.x (CLIP-L): last layer after `final_layer_norm`; clip skip N → `final_layer_norm(hidden_states[-N])`.
@@ -117,7 +117,7 @@ class TextEncoders:
 
 
 def clip_skip_from_comfy(stop_at_clip_layer: int, family: Family) -> int:
-    """ComfyUI `CLIPSetLastLayer` value (-1, -2, …) → our clip skip (SD1: -N → N; SD2/SDXL: -N → N-1, so -1 → 0)."""
+    """ComfyUI `CLIPSetLastLayer` value → our clip skip (SD1: -N → N; SD2/SDXL: -N → N-1, so -1 → 0)."""
     if stop_at_clip_layer >= 0:
         raise ValueError(f"stop_at_clip_layer must be negative (got {stop_at_clip_layer})")
     n = -stop_at_clip_layer
@@ -394,7 +394,8 @@ def _pad_with(x: torch.Tensor, length: int, empty: torch.Tensor | None) -> torch
     return torch.cat([x, empty.to(x).expand(x.shape[0], -1, -1).repeat(1, reps, 1)], dim=1)
 
 
-def pad_to_same_length(cond: torch.Tensor, uncond: torch.Tensor, empty: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_to_same_length(cond: torch.Tensor, uncond: torch.Tensor,
+                       empty: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A1111 `pad_cond_uncond`: append the empty prompt's encoding (1, 77, D) to the shorter (B, 77·k, D) tensor."""
     length = max(cond.shape[1], uncond.shape[1])
     return _pad_with(cond, length, empty), _pad_with(uncond, length, empty)

@@ -135,11 +135,16 @@ class ExtraNetwork:
     named: dict[str, str] = field(default_factory=dict)
     tag: str = ""  # the tag word as written (e.g. "lyco")
 
+    @property
+    def label(self) -> str:
+        """The tag as written, for messages: `<lora:name:…>`."""
+        return f"<{self.tag or self.kind}:{self.name}:…>"
+
     def _float(self, value: str, what: str) -> float:
         try:
             return float(value)
         except ValueError:
-            raise PromptSyntaxError(f"<{self.tag or self.kind}:{self.name}:…>: {what} must be a number, got {value!r}") from None
+            raise PromptSyntaxError(f"{self.label}: {what} must be a number, got {value!r}") from None
 
     @property
     def te_weight(self) -> float:
@@ -162,7 +167,7 @@ class ExtraNetwork:
         try:
             return int(raw)
         except ValueError:
-            raise PromptSyntaxError(f"<{self.tag or self.kind}:{self.name}:…>: dyn must be an integer, got {raw!r}") from None
+            raise PromptSyntaxError(f"{self.label}: dyn must be an integer, got {raw!r}") from None
 
     @property
     def multiplier(self) -> float:
@@ -216,7 +221,7 @@ _RE_SUB_WEIGHT = re.compile(r"^((?:\s|.)*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))
 
 
 def split_and(prompt: str) -> list[tuple[str, float]]:
-    """Split on uppercase `AND` into (subprompt, weight); a trailing `:w` sets the weight (A1111 composable diffusion)."""
+    """Split on uppercase `AND` into (subprompt, weight); a trailing `:w` is the weight (A1111 composable diffusion)."""
     out: list[tuple[str, float]] = []
     for sub in _RE_AND.split(prompt):
         m = _RE_SUB_WEIGHT.search(sub)

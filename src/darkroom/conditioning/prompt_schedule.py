@@ -185,7 +185,7 @@ def prompt_schedule(
     """[(end_step, text)] for a prompt with A1111 editing syntax; text applies while step <= end_step (1-based).
 
     `when` with a decimal point is a fraction of the steps, an integer is a step number ("new timelines", A1111 1.6+).
-    With `hires_steps`, the schedule addresses the hires pass: fractions 1.0–2.0 and integers above `steps` land in it.
+    With `hires_steps`, the schedule is for the hires pass: fractions 1.0–2.0 and integers above `steps` land in it.
     `use_old_scheduling`: the pre-1.6 rule (when < 1 is a fraction, otherwise a step).
     """
     if steps < 1:
