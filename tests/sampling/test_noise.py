@@ -95,6 +95,7 @@ def test_brownian_tree_noise_is_deterministic_and_unit_variance():
     assert torch.allclose(a(sig[2], sig[1]), -a(sig[1], sig[2]))
 
 
+@pytest.mark.filterwarnings("ignore:Should have t")
 def test_brownian_tree_matches_diffusers_copy_of_k_diffusion():
     """diffusers ships k-diffusion's BrownianTreeNoiseSampler; with the same seed it must agree."""
     from diffusers.schedulers.scheduling_dpmsolver_sde import BrownianTreeNoiseSampler as Reference

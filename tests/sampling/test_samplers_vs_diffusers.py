@@ -189,6 +189,7 @@ def test_ddpm_matches_diffusers_ddpm(diffusers, gaussian, z, sd_ms):
     assert torch.allclose(out, x, atol=2e-5)
 
 
+@pytest.mark.filterwarnings("ignore:Should have t")
 def test_dpmpp_sde_matches_diffusers_dpmsolver_sde(diffusers, gaussian, z):
     """Same Brownian tree (k-diffusion's wrapper, seed 11), same arithmetic up to rounding."""
     sched = diffusers.DPMSolverSDEScheduler(**SD, noise_sampler_seed=11, use_karras_sigmas=True)

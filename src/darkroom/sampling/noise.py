@@ -120,8 +120,8 @@ class BatchedBrownianTree:
         if self.cpu_tree:
             t0, t1 = t0.detach().cpu().float(), t1.detach().cpu().float()
         with warnings.catch_warnings():
-            # torchsde warns when a float32 query end rounds just above the tree's float end; harmless.
-            warnings.filterwarnings("ignore", message="Should have t[ab]<=t1", category=UserWarning)
+            # torchsde warns when a float32 query end rounds just outside the tree's float ends; harmless.
+            warnings.filterwarnings("ignore", message="Should have t[ab]", category=UserWarning)
             w = torch.stack([tree(t0, t1) for tree in self.trees]).to(device=device, dtype=dtype) * (self.sign * sign)
         return w if self.batched else w[0]
 
