@@ -141,3 +141,19 @@ def test_engine_recipe_with_v_model_matches_diffusers_euler(gaussian):
         x = sched.step(v_model(x_in, sched.sigmas[sched.step_index]), t, x).prev_sample
     ours = SAMPLERS["euler"](denoise, z * sched.sigmas[0], sched.sigmas)
     assert torch.allclose(ours, x, atol=2e-5)
+
+
+def test_zero_terminal_snr_and_cosine_tables():
+    base, z = ModelSampling(), ModelSampling(zsnr=True)
+    assert float(z.sigma_min) == pytest.approx(float(base.sigma_min), rel=1e-4)  # first alpha kept
+    assert float(z.sigma_max) == pytest.approx(math.sqrt((1 - 4.8973451890853435e-08) / 4.8973451890853435e-08), rel=1e-5)
+    cos = ModelSampling(BetaSchedule(beta_schedule="squaredcos_cap_v2"))
+    assert torch.all(cos.sigmas[1:] > cos.sigmas[:-1]) and torch.isfinite(cos.sigmas).all()
+
+
+def test_from_sigmas_table(sd_ms):
+    ms = ModelSampling.from_sigmas(sd_ms.sigmas.double(), prediction="v")
+    assert torch.equal(ms.sigmas, sd_ms.sigmas) and ms.prediction == "v"
+    assert torch.equal(ms.timestep(sd_ms.sigmas[[3, 700]]), torch.tensor([3, 700]))
+    with pytest.raises(ValueError):
+        ModelSampling.from_sigmas(torch.tensor([1.0]))

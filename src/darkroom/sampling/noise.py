@@ -4,7 +4,8 @@
   batch shape in float32 (ComfyUI seeds the *global* generator with `torch.manual_seed`; a fresh
   `torch.Generator` seeded the same way yields the same numbers without touching global state).
 - Ancestral noise (`default_noise_sampler`): a fresh generator on the sample's device seeded with
-  the same seed, so on the CPU the first ancestral draw equals the initial noise (ComfyUI 0.3.x).
+  the same seed, so on the CPU the first ancestral draw equals the initial noise (ComfyUI 0.3.x;
+  later ComfyUI, PR #11528, seeds CPU ancestral noise with seed + 1 instead).
 - SDE noise (`BrownianTreeNoiseSampler`): one `torchsde.BrownianTree` per seed, built on the CPU
   over [sigma_min, sigma_max] of the schedule, increments normalised by sqrt(|t1 - t0|).
 A noise sampler is a callable `(sigma, sigma_next) -> Tensor` shaped like the sample.
