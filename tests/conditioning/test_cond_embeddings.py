@@ -92,7 +92,7 @@ def test_library_scan_lazy_and_refresh(tmp_path):
     save_file({"emb_params": torch.full((1, 4), 3.0)}, str(d2 / "Alpha.safetensors"))  # same stem: d1 wins
     (d1 / "empty.pt").write_bytes(b"")  # zero-size files are ignored, like A1111
     (d1 / "notes.txt").write_text("x")
-    lib = EmbeddingLibrary([d1, d2, tmp_path / "missing"])
+    lib = EmbeddingLibrary([d1, d2, tmp_path / "missing"], rescan_interval=0)
     assert lib._files is None  # nothing scanned before first use
     assert lib.names() == ["Alpha", "beta"]
     assert torch.equal(lib.get("Alpha").vectors["*"], torch.ones(1, 4))
@@ -110,6 +110,14 @@ def test_library_scan_lazy_and_refresh(tmp_path):
     (d2 / "broken.safetensors").write_bytes(b"garbage!")
     os.utime(d2, None)
     assert lib.get("broken") is None
+    # folder checks are throttled by default
+    slow = EmbeddingLibrary([d2])
+    assert "gamma" in slow
+    _a1111_pt(d2 / "delta.pt", torch.zeros(1, 4))
+    os.utime(d2, (time.time() + 5, time.time() + 5))
+    assert "delta" not in slow
+    slow.refresh()
+    assert "delta" in slow
     # in-memory embeddings
     lib.add(Embedding("mem", {"*": torch.zeros(1, 4)}))
     assert lib.get("mem").shorthash == ""

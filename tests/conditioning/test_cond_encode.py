@@ -288,3 +288,22 @@ def test_checkpoint_and_bf16(te_l, tok_l):
     assert c.cross_attn.dtype == torch.float32
     ref = encode_prompt(TextEncoders(Family.SD1, [te_l], [tok_l]), "a (cat:1.2)").cross_attn
     torch.testing.assert_close(c.cross_attn, ref, atol=0.1, rtol=0.05)
+
+
+def test_injection_only_affects_its_own_thread(te_l):
+    import threading
+
+    from darkroom.conditioning.encode import _inject
+
+    rows = [padded([A, CAT])]
+    plain = run(te_l, rows).last_hidden_state
+    ids = torch.tensor(rows)
+    other = {}
+    with _inject(te_l, ids, [[(1, torch.randn(1, 32))]]):
+        t = threading.Thread(target=lambda: other.setdefault("z", run(te_l, rows).last_hidden_state))
+        t.start()
+        t.join()
+        inside = run(te_l, rows).last_hidden_state
+    assert torch.equal(other["z"], plain)
+    assert not torch.allclose(inside, plain)
+    assert torch.equal(run(te_l, rows).last_hidden_state, plain)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 __all__ = ["Embedding", "EmbeddingError", "EmbeddingLibrary", "load_embedding", "ti_hashes_infotext"]
 
 EXTENSIONS = (".safetensors", ".pt", ".bin")
+#: Folder changes are looked for at most this often (each prompt asks the library many times).
+_RESCAN_INTERVAL_S = 1.0
 #: Key of a single-tensor embedding (fits any one encoder of matching width).
 SINGLE = "*"
 
@@ -153,8 +156,10 @@ class EmbeddingLibrary:
     two files share a stem, the first folder (then sorted path order) wins. Unreadable files are logged and skipped.
     """
 
-    def __init__(self, dirs: Iterable[Path | str] = (), embeddings: Iterable[Embedding] = ()):
+    def __init__(self, dirs: Iterable[Path | str] = (), embeddings: Iterable[Embedding] = (), *,
+                 rescan_interval: float = _RESCAN_INTERVAL_S):
         self.dirs = [Path(d) for d in dirs]
+        self.rescan_interval = rescan_interval
         self._extra = {e.name: e for e in embeddings}
         self._files: dict[str, Path] | None = None  # stem → path
         self._rel: dict[str, Path] = {}  # "sub/stem" and "sub/stem.ext" → path (ComfyUI `embedding:sub/name`)
@@ -162,6 +167,7 @@ class EmbeddingLibrary:
         self._loaded: dict[Path, tuple[float, Embedding | None]] = {}
         self._lookups: dict[int, tuple[int, object, dict]] = {}
         self._version = 0
+        self._checked = 0.0
 
     # -- scanning -------------------------------------------------------------------------------------------------
     def _dir_stamp(self) -> tuple:
@@ -202,7 +208,10 @@ class EmbeddingLibrary:
         self._version += 1
 
     def _index(self) -> dict[str, Path]:
-        self.refresh()
+        now = time.monotonic()
+        if self._files is None or now - self._checked >= self.rescan_interval:
+            self.refresh()
+            self._checked = now
         assert self._files is not None
         return self._files
 

@@ -22,6 +22,7 @@ module (passed as its `inputs_embeds`) for this call only; the shared model is n
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
@@ -154,13 +155,14 @@ def _inject(te: Any, ids: torch.Tensor, rows: list[list[tuple[int, torch.Tensor]
         yield
         return
     emb_mod = _text_model(te).embeddings
+    owner = threading.get_ident()  # (identity by thread, not tensor: offload hooks may move input_ids to another device)
 
     def pre_hook(module, args, kwargs):
         if args:
             kwargs = {**kwargs, "input_ids": args[0], **({"position_ids": args[1]} if len(args) > 1 else {})}
         input_ids = kwargs.get("input_ids")
-        if input_ids is None or input_ids.data_ptr() != ids.data_ptr():
-            return None  # another call (e.g. another thread) on the shared model: leave it alone
+        if input_ids is None or threading.get_ident() != owner or tuple(input_ids.shape) != tuple(ids.shape):
+            return None  # another thread's call on the shared model: leave it alone
         embeds = module.token_embedding(input_ids)  # (B, 77, D)
         for b, fixes in enumerate(rows):
             for pos, vec in fixes:
