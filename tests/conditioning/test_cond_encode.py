@@ -64,6 +64,7 @@ def test_weights_and_mean_restore(sd1, te_l):
     assert c.cross_attn.mean().item() == pytest.approx(z.mean().item(), rel=1e-5)
     nn = encode_prompt(sd1, "a (cat:1.5) [dog]", emphasis="no_norm")
     torch.testing.assert_close(nn.cross_attn, z * torch.tensor(w).unsqueeze(-1))
+    torch.testing.assert_close(encode_prompt(sd1, "a (cat:1.5) [dog]", emphasis="No norm").cross_attn, nn.cross_attn)
     ign = encode_prompt(sd1, "a (cat:1.5) [dog]", emphasis="ignore")
     torch.testing.assert_close(ign.cross_attn, z)
 
@@ -174,6 +175,12 @@ def test_sd2_converted_and_full_depth(te_h, tok_g, make_clip):
     c = encode_prompt(sd2, "a cat")
     out = run(te_h, [padded([A, CAT], pad=0)])
     torch.testing.assert_close(c.cross_attn, out.last_hidden_state)  # converted 23-layer: last = penultimate of 24
+    # ComfyUI CLIPSetLastLayer(-1) asks for the dropped 24th layer: falls back to the standard output
+    c0 = encode_prompt(sd2, "a cat", style="comfy", clip_skip=clip_skip_from_comfy(-1, Family.SD2))
+    torch.testing.assert_close(c0.cross_attn, out.last_hidden_state)
+    with torch.no_grad():
+        c2 = encode_prompt(sd2, "a cat", style="comfy", clip_skip=2)
+        torch.testing.assert_close(c2.cross_attn, te_h.final_layer_norm(out.hidden_states[-2]))
     deep = make_clip(8, layers=24, seed=4)  # full OpenCLIP-H depth: start one layer earlier
     c24 = encode_prompt(TextEncoders(Family.SD2, [deep], [tok_g]), "a cat")
     out24 = run(deep, [padded([A, CAT], pad=0)])

@@ -22,6 +22,7 @@ module (passed as its `inputs_embeds`) for this call only; the shared model is n
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
@@ -32,6 +33,8 @@ from ..models.family import Family
 from .chunks import CHUNK, PromptChunk, a1111_chunks, comfy_chunks, empty_chunk_a1111
 from .embeddings import Embedding, EmbeddingLibrary
 from .prompt_schedule import prompt_schedule
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "Conditioning",
@@ -141,6 +144,10 @@ def _layer_from_end(te: Any, spec: EncoderSpec, family: Family, clip_skip: int) 
     if family == Family.SD2 and n_layers == _OPENCLIP_H_LAYERS:
         default = 2  # unconverted OpenCLIP-H depth: its penultimate layer is the standard output
     from_end = default + clip_skip - 1
+    if from_end == 0 and family == Family.SD2:
+        # ComfyUI's CLIPSetLastLayer(-1) on SD2 asks for OpenCLIP's last layer, which diffusers' conversion dropped
+        log.warning("this SD2 text encoder has no final OpenCLIP layer (converted checkpoint); using the penultimate")
+        from_end = 1
     if from_end < 1 or from_end > n_layers:
         lo = 2 - default
         raise ValueError(f"clip skip {clip_skip} is out of range for this {n_layers}-layer text encoder "
@@ -344,6 +351,7 @@ def encode_prompt(
         raise TypeError("prompts must be strings")
     if style not in ("a1111", "comfy"):
         raise ValueError(f"unknown prompt style {style!r}; choose 'a1111' or 'comfy'")
+    emphasis = str(emphasis).strip().lower().replace(" ", "_")  # also A1111's labels: "Original", "No norm", …
     if emphasis not in _EMPHASIS:
         raise ValueError(f"unknown emphasis mode {emphasis!r}; choose one of {', '.join(_EMPHASIS)}")
     if not isinstance(clip_skip, int) or clip_skip < 0:
