@@ -36,8 +36,11 @@ class CheckpointLoaderSimple(Node):
     ]
 
     def execute(self, ctx: NodeContext, ckpt_name: str) -> tuple[Any, ...]:
-        ckpt = service(ctx, "engine").load(ckpt_name)
-        return ModelRef(ckpt), ClipRef(ckpt), VaeRef(ckpt.vae, ckpt.vae_name or ckpt.name)
+        engine = service(ctx, "engine")
+        ckpt = engine.load(ckpt_name)
+        patcher = engine.patcher(ckpt)
+        vae = VaeRef(ckpt.vae, ckpt.vae_name or ckpt.name)
+        return ModelRef(ckpt, patcher=patcher), ClipRef(ckpt, patcher=patcher), vae
 
 
 class VAELoader(Node):

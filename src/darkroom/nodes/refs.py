@@ -34,6 +34,7 @@ class ModelRef:
 
     checkpoint: Checkpoint
     loras: tuple[LoraUse, ...] = ()
+    patcher: Any = None  # the checkpoint's LoraPatcher, captured when it was loaded (see `use_model`)
 
     def with_lora(self, lora: Any, strength: float) -> ModelRef:
         """A new ref with one more LoRA (this one is unchanged)."""
@@ -51,6 +52,7 @@ class ClipRef:
     checkpoint: Checkpoint
     loras: tuple[LoraUse, ...] = ()
     stop_at_clip_layer: int | None = None  # None: the family's standard layer (no CLIPSetLastLayer)
+    patcher: Any = None  # the checkpoint's LoraPatcher, captured when it was loaded
 
     def with_lora(self, lora: Any, strength: float) -> ClipRef:
         """A new ref with one more LoRA."""
@@ -94,15 +96,21 @@ class VaeRef:
         return int(self.vae.config.latent_channels)
 
 
+def _patcher(engine: Any, ref: ModelRef | ClipRef) -> Any:
+    # The patcher captured with the checkpoint stays paired with that object even if the engine later drops the
+    # checkpoint from its own cache (a new patcher for still-patched weights would take them as the originals).
+    return ref.patcher if ref.patcher is not None else engine.patcher(ref.checkpoint)
+
+
 def use_model(engine: Any, model: ModelRef) -> Checkpoint:
     """Merge exactly the MODEL's LoRAs into its checkpoint (UNet side) and return the checkpoint to sample with."""
-    engine.patcher(model.checkpoint).apply(model.patch_set())
+    _patcher(engine, model).apply(model.patch_set())
     return model.checkpoint
 
 
 def use_clip(engine: Any, clip: ClipRef) -> Checkpoint:
     """Merge exactly the CLIP's LoRAs into its checkpoint (text-encoder side) and return the checkpoint."""
-    engine.patcher(clip.checkpoint).apply(clip.patch_set())
+    _patcher(engine, clip).apply(clip.patch_set())
     return clip.checkpoint
 
 
