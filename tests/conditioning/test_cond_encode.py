@@ -314,3 +314,7 @@ def test_injection_only_affects_its_own_thread(te_l):
     assert torch.equal(other["z"], plain)
     assert not torch.allclose(inside, plain)
     assert torch.equal(run(te_l, rows).last_hidden_state, plain)
+
+
+def test_no_autograd_graph(sd1):
+    assert not encode_prompt(sd1, "a cat", clip_skip=2).cross_attn.requires_grad

@@ -15,8 +15,9 @@ Weights: A1111 multiplies each token's output by its weight, then rescales the c
 
 Precision: encoders run in their own dtype on their own device (fp32 on CPU, the loaded fp16/bf16 on CUDA), as
 A1111 and ComfyUI on GPU do; weighting, mean restore and the returned tensors are float32.
-Embeddings are injected by replacing the token-embedding rows on the way into the text model's `embeddings`
-module (passed as its `inputs_embeds`) for this call only; the shared model is never resized or modified.
+Embeddings are injected by a forward pre-hook on the text model's `embeddings` module that hands it token
+embeddings with the vectors written in (its `inputs_embeds`); the hook lives only for the call and only acts on the
+calling thread's forward, and the shared model is never resized or modified.
 """
 
 from __future__ import annotations
@@ -190,13 +191,14 @@ def run_encoder(te: Any, spec: EncoderSpec, tokens: list[list[int]], fixes: list
     """Encode token rows (N, 77) → hidden states (N, 77, D) float32 and (for the pooled encoder) pooled (N, P)."""
     device = next(te.parameters()).device
     ids = torch.tensor(tokens, dtype=torch.long, device=device)
-    with torch.no_grad(), _inject(te, ids, fixes):
-        out = te(input_ids=ids, output_hidden_states=True)
-    hs = out.hidden_states
-    if spec.final_norm:
-        z = out.last_hidden_state if from_end == 1 else _text_model(te).final_layer_norm(hs[-from_end])
-    else:
-        z = hs[-from_end]
+    with torch.no_grad():
+        with _inject(te, ids, fixes):
+            out = te(input_ids=ids, output_hidden_states=True)
+        hs = out.hidden_states
+        if spec.final_norm:
+            z = out.last_hidden_state if from_end == 1 else _text_model(te).final_layer_norm(hs[-from_end])
+        else:
+            z = hs[-from_end]
     pooled = None
     if spec.pooled:
         pooled = getattr(out, "text_embeds", None)
