@@ -21,7 +21,7 @@ from diffusers import (
 from darkroom.engine import pipeline
 from darkroom.sampling.noise import prepare_noise
 
-from .tiny_components import tiny_sd1, tiny_sdxl
+from engine_tiny import tiny_sd1, tiny_sdxl
 
 TIMESTEPS = [999, 666, 333, 0]
 PROMPT = "a red circle at the top left, (blue background)"  # weights are 1 here: A1111 parsing keeps the text
@@ -30,7 +30,15 @@ PLAIN = "a red circle at the top left, blue background"
 
 def _scheduler(prediction: str = "epsilon") -> EulerDiscreteScheduler:
     return EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                  num_train_timesteps=1000, timestep_spacing="linspace", prediction_type=prediction)
+                                  num_train_timesteps=1000, timestep_spacing="linspace", prediction_type=prediction,
+                                  steps_offset=1)
+
+
+def _diffusers_latents(noise: torch.Tensor) -> torch.Tensor:
+    """diffusers multiplies given latents by init_noise_sigma (σ_max for linspace spacing); ComfyUI scales txt2img
+    noise by sqrt(1 + σ_max²). Pre-scale so both start from the same x."""
+    sigma_max = float(_scheduler().sigmas.max())
+    return noise * ((1 + sigma_max**2) ** 0.5 / sigma_max)
 
 
 def _ours(ckpt, prompt, negative, *, seed, steps, cfg, latent, denoise=1.0):
@@ -53,7 +61,7 @@ def test_txt2img_matches_stable_diffusion_pipeline(prediction):
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     noise = prepare_noise((1, 4, h // 2, w // 2), 42)
     ref = pipe(PLAIN, negative_prompt="ugly", height=h, width=w, timesteps=TIMESTEPS, guidance_scale=6.0,
-               latents=noise, output_type="np").images
+               latents=_diffusers_latents(noise), output_type="np").images
     assert ours.shape == ref.shape
     np.testing.assert_allclose(ours, ref, atol=2e-4)
     # And a different seed really changes the picture (the comparison could fail).
@@ -87,5 +95,5 @@ def test_sdxl_txt2img_matches_stable_diffusion_xl_pipeline():
                                      force_zeros_for_empty_prompt=False)
     noise = prepare_noise((1, 4, h // 2, w // 2), 5)
     ref = pipe(PLAIN, negative_prompt="blurry", height=h, width=w, timesteps=TIMESTEPS, guidance_scale=4.0,
-               latents=noise, output_type="np").images
+               latents=_diffusers_latents(noise), output_type="np").images
     np.testing.assert_allclose(ours, ref, atol=2e-4)
