@@ -23,6 +23,7 @@ _DTYPES = {
     "BOOL": torch.bool, "F8_E4M3": getattr(torch, "float8_e4m3fn", None), "F8_E5M2": getattr(torch, "float8_e5m2", None),
 }
 _MAX_HEADER = 100 * 1024 * 1024
+_ALIGN = 64
 
 
 def is_pickle(path: Path) -> bool:
@@ -134,11 +135,13 @@ def cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
 class LazyStateDict(Mapping[str, torch.Tensor]):
     """A read-only state dict over one or more safetensors files; a tensor is read (and cast) when accessed."""
 
-    def __init__(self, paths: list[Path] | Path, dtype: torch.dtype | None = None, prefix: str = ""):
+    def __init__(self, paths: list[Path] | Path, dtype: torch.dtype | None = None, prefix: str = "",
+                 align: bool = True):
         from safetensors import safe_open
 
         self.paths = [Path(p) for p in (paths if isinstance(paths, list) else [paths])]
         self.dtype = dtype
+        self.align = align
         self._where: dict[str, Any] = {}
         self._handles = []
         self.shapes: dict[str, tuple[int, ...]] = {}
@@ -161,7 +164,12 @@ class LazyStateDict(Mapping[str, torch.Tensor]):
             t = handle.get_tensor(name)
         except Exception as e:  # noqa: BLE001
             raise ModelFileError(f"cannot read tensor {name!r} from {path}: {e}") from e
-        return cast(t, self.dtype)
+        out = cast(t, self.dtype)
+        if self.align and out is t and t.data_ptr() % _ALIGN:
+            # safetensors hands out tensors at odd offsets of a byte buffer; CPU kernels pick other (slower,
+            # differently rounded) paths for unaligned weights, so give each its own aligned storage.
+            out = t.clone()
+        return out
 
     def raw(self, key: str) -> torch.Tensor:
         """The tensor as stored (no cast)."""
@@ -205,14 +213,14 @@ class CastingStateDict(Mapping[str, torch.Tensor]):
 
 
 def open_state_dict(
-    path: Path, *, dtype: torch.dtype | None = None, allow_unsafe_pickle: bool = False
+    path: Path, *, dtype: torch.dtype | None = None, allow_unsafe_pickle: bool = False, align: bool = True
 ) -> LazyStateDict | CastingStateDict:
     """A state dict for a weight file: lazy for safetensors, loaded (weights_only) for permitted pickles."""
     path = Path(path)
     if is_pickle(path):
         return CastingStateDict(load_pickle_state_dict(path, allow_unsafe_pickle=allow_unsafe_pickle), dtype)
     _check_exists(path)
-    return LazyStateDict(path, dtype)
+    return LazyStateDict(path, dtype, align=align)
 
 
 def file_size(path: Path) -> int:
@@ -259,7 +267,8 @@ def component_weight_files(folder: Path) -> list[Path]:
 
 
 def open_component(
-    folder: Path, *, dtype: torch.dtype | None = None, allow_unsafe_pickle: bool = False, prefix: str = ""
+    folder: Path, *, dtype: torch.dtype | None = None, allow_unsafe_pickle: bool = False, prefix: str = "",
+    align: bool = True,
 ) -> LazyStateDict | CastingStateDict:
     """The state dict of one diffusers component folder (keys optionally prefixed, e.g. 'unet.')."""
     files = component_weight_files(folder)
@@ -268,4 +277,4 @@ def open_component(
     if is_pickle(files[0]):
         sd = load_pickle_state_dict(files[0], allow_unsafe_pickle=allow_unsafe_pickle)
         return CastingStateDict({prefix + k: v for k, v in sd.items()}, dtype)
-    return LazyStateDict(files, dtype, prefix=prefix)
+    return LazyStateDict(files, dtype, prefix=prefix, align=align)

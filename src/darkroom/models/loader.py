@@ -207,7 +207,7 @@ def load_checkpoint(
     if path.is_dir():
         return _load_folder(path, dtype=dtype, device=dev, vae_path=vae, allow_unsafe_pickle=allow_unsafe_pickle,
                             name=name)
-    state = open_state_dict(path, dtype=dtype, allow_unsafe_pickle=allow_unsafe_pickle)
+    state = open_state_dict(path, dtype=dtype, allow_unsafe_pickle=allow_unsafe_pickle, align=dev.type == "cpu")
     kind = detect_kind(state.shapes, state.metadata, sidecar=sidecar_yaml(path), get_tensor=state.raw)
     if vae is not None:  # the file's own VAE is not needed: never read it
         state = _without_vae(state)
@@ -260,7 +260,7 @@ def _load_folder(
         if not (sub / "config.json").is_file():
             continue
         folder_configs[comp] = _read_json(sub / "config.json")
-        state = open_component(sub, dtype=dtype, allow_unsafe_pickle=allow_unsafe_pickle)
+        state = open_component(sub, dtype=dtype, allow_unsafe_pickle=allow_unsafe_pickle, align=device.type == "cpu")
         components[comp] = state if not comp.startswith("text_encoder") else _hf(state)
     shapes = {f"{c}.{k}": tuple(v) for c, sd in components.items() for k, v in _shapes(sd).items()}
     kind = detect_kind(shapes, folder_metadata(folder))

@@ -4,7 +4,7 @@ Every supported family (see `KIND_NAMES`) can be written as a single-file LDM/A1
 single file or a diffusers folder. The tiny models follow each family's conventions (SD1: 8 heads; SD2/SDXL: 64
 channels per head, at least one head; CLIP: 64 channels per head) so they load through exactly the same detection
 and config inference as real files. Sizes: UNet channels (32, 64), 1 resblock per level; text encoders width 32,
-2 layers, the real 49,408-token vocabulary and 77 positions; VAE channels (32, 32, 64, 64) so latents are 1/8 of
+2 layers (SDXL's second encoder width 64), the real 49,408-token vocabulary and 77 positions; VAE channels (32, 32, 64, 64) so latents are 1/8 of
 the image like the real ones. A UNet forward at 64×64 px (8×8 latents) takes milliseconds on a CPU.
 """
 
@@ -37,24 +37,27 @@ KIND_NAMES: dict[str, ModelKind] = {
 ALL_KINDS = ("sd15", "sd15-inpaint", "sd2-base", "sd2-v", "sd2-inpaint", "sdxl-base", "sdxl-refiner", "sdxl-inpaint")
 
 TINY_TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 1}
+#: SDXL's second encoder is wider than its first, as in the real model (768 vs 1280).
+TINY_TEXT_2 = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 1,
+               "projection_dim": 64}
 TINY_VAE = {"block_out_channels": [32, 32, 64, 64], "layers_per_block": 1}
 _SD_UNET = {"block_out_channels": [32, 64], "layers_per_block": 1, "cross_attention_dim": 32,
             "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
             "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"]}
-_XL_UNET = {"block_out_channels": [32, 64], "layers_per_block": 1, "cross_attention_dim": 64,
+_XL_UNET = {"block_out_channels": [32, 64], "layers_per_block": 1, "cross_attention_dim": 32 + 64,
             "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
             "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "transformer_layers_per_block": [1, 2],
             "attention_head_dim": [1, 1], "addition_time_embed_dim": 8,
-            "projection_class_embeddings_input_dim": 32 + 6 * 8}
+            "projection_class_embeddings_input_dim": 64 + 6 * 8}
 TINY_UNET = {
     Family.SD1: _SD_UNET,
     Family.SD2: {**_SD_UNET, "attention_head_dim": [1, 1]},
     Family.SDXL: _XL_UNET,
-    Family.SDXL_REFINER: {**_XL_UNET, "block_out_channels": [32, 64, 64], "cross_attention_dim": 32,
+    Family.SDXL_REFINER: {**_XL_UNET, "block_out_channels": [32, 64, 64], "cross_attention_dim": 64,
                           "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
                           "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
                           "transformer_layers_per_block": 2, "attention_head_dim": [1, 1, 1],
-                          "projection_class_embeddings_input_dim": 32 + 5 * 8},
+                          "projection_class_embeddings_input_dim": 64 + 5 * 8},
 }
 
 
@@ -78,11 +81,10 @@ def tiny_configs(kind: ModelKind | Family | str) -> dict[str, dict]:
     if k.inpaint:
         configs["unet"]["in_channels"] = 9
     configs["vae"].update(TINY_VAE)
-    for slot in ("text_encoder", "text_encoder_2"):
-        if slot in configs:
-            configs[slot].update(TINY_TEXT)
-            if slot == "text_encoder_2":
-                configs[slot]["projection_dim"] = TINY_TEXT["hidden_size"]
+    if "text_encoder" in configs:
+        configs["text_encoder"].update(TINY_TEXT)
+    if "text_encoder_2" in configs:
+        configs["text_encoder_2"].update(TINY_TEXT_2)
     return configs
 
 
@@ -219,6 +221,7 @@ def write_tiny_vae(
     from darkroom.models.convert import vae_diffusers_to_ldm
 
     configs = tiny_configs("sd15")
+    torch.manual_seed(seed)
     vae = AutoencoderKL.from_config(configs["vae"])
     _jitter(vae, torch.Generator().manual_seed(seed))
     sd = vae.state_dict()
@@ -303,7 +306,7 @@ def kind_template(kind: ModelKind | Family | str) -> str:
 
 
 __all__ = [
-    "ALL_KINDS", "KIND_NAMES", "TINY_TEXT", "TINY_UNET", "TINY_VAE", "as_kind", "full_size_components",
+    "ALL_KINDS", "KIND_NAMES", "TINY_TEXT", "TINY_TEXT_2", "TINY_UNET", "TINY_VAE", "as_kind", "full_size_components",
     "full_size_shapes", "full_size_state_dict", "kind_template", "shared_tiny_checkpoint", "shared_tiny_components",
     "tiny_components", "tiny_configs",
     "write_config_dir", "write_tiny_checkpoint", "write_tiny_vae",
