@@ -38,6 +38,24 @@ class CondItem:
         return replace(self, **kw)
 
 
+@dataclass
+class CondSchedule:
+    """A1111 prompt editing: a conditioning per step range. At sampler step s (0-based) the first entry with
+    s <= end_step applies, as A1111's reconstruct_cond_batch."""
+
+    entries: list[tuple[int, list[CondItem]]]
+    step: int = 0
+
+    def current(self) -> list[CondItem]:
+        for end, items in self.entries:
+            if self.step <= end:
+                return items
+        return self.entries[-1][1]
+
+    def last(self) -> list[CondItem]:
+        return self.entries[-1][1]
+
+
 def sdxl_time_ids(item: CondItem, *, width: int, height: int, refiner: bool, negative: bool) -> list[float]:
     """SDXL's micro-conditioning vector: (orig_h, orig_w, crop_top, crop_left, target_h, target_w) for the base model,
     (orig_h, orig_w, crop_top, crop_left, aesthetic_score) for the refiner. Defaults: the image size, no crop."""
@@ -98,7 +116,7 @@ class UNetDenoiser:
         self,
         unet,
         model_sampling,
-        positive: list[CondItem],
+        positive: list[CondItem] | CondSchedule,
         negative: list[CondItem] | None,
         cfg: float,
         *,
@@ -182,10 +200,11 @@ class UNetDenoiser:
         if sigma.numel() == 1:
             sigma = sigma.expand(x.shape[0])
         x = x.float()
+        positive = self.positive.current() if isinstance(self.positive, CondSchedule) else self.positive
         if math.isclose(self.cfg, 1.0) or not self.negative:
-            (cond,) = self._calc(x, sigma, [self.positive])
+            (cond,) = self._calc(x, sigma, [positive])
             return cond
-        cond, uncond = self._calc(x, sigma, [self.positive, self.negative])
+        cond, uncond = self._calc(x, sigma, [positive, self.negative])
         return uncond + (cond - uncond) * self.cfg
 
 

@@ -179,10 +179,14 @@ class Engine:
             model_path = self.checkpoint_path(p.model)
             lora_hashes = self.apply_loras(ckpt, p.loras)
             used_ti: dict[str, Any] = {}
-            positive = pipeline.encode_text(ckpt, clean_prompt, style=p.prompt_style, clip_skip=p.clip_skip,
-                                            embeddings=self.embeddings(), used_embeddings=used_ti)
+            if p.prompt_style == "a1111":
+                positive = pipeline.encode_prompt_schedule(ckpt, clean_prompt, p.steps, clip_skip=p.clip_skip,
+                                                           embeddings=self.embeddings(), used_embeddings=used_ti)
+            else:
+                positive = pipeline.encode_text(ckpt, clean_prompt, style=p.prompt_style, clip_skip=p.clip_skip,
+                                                embeddings=self.embeddings(), used_embeddings=used_ti)
             negative = pipeline.encode_text(ckpt, p.negative_prompt, style=p.prompt_style, clip_skip=p.clip_skip,
-                                            embeddings=self.embeddings(), used_embeddings=used_ti)
+                                            embeddings=self.embeddings(), used_embeddings=used_ti, negative=True)
             init_latent = None
             if p.init_image is not None:
                 init = Image.open(p.init_image).convert("RGB").resize((p.width, p.height), Image.LANCZOS)
@@ -192,7 +196,7 @@ class Engine:
             if refiner is not None:
                 ref_conds = (
                     pipeline.encode_text(refiner, clean_prompt, style=p.prompt_style),
-                    pipeline.encode_text(refiner, p.negative_prompt, style=p.prompt_style),
+                    pipeline.encode_text(refiner, p.negative_prompt, style=p.prompt_style, negative=True),
                 )
             total_steps = self._total_steps(p)
             images, seeds = [], []
@@ -240,8 +244,9 @@ class Engine:
                                           denoise=denoise, add_noise=False, start_step=switch, end_step=10000,
                                           **common)
         if p.hires is not None:
+            final_positive = positive.last() if isinstance(positive, pipeline.CondSchedule) else positive
             latent = self._hires(ckpt if refiner is None else refiner, p, p.hires, latent,
-                                 positive if refiner is None else ref_conds[0],
+                                 final_positive if refiner is None else ref_conds[0],
                                  negative if refiner is None else ref_conds[1], common)
         return latent
 

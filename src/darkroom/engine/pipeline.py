@@ -15,7 +15,7 @@ from ..models.bundle import Checkpoint
 from ..sampling.ksampler import sample as ksampler_sample
 from ..sampling.model_sampling import ModelSampling
 from ..sampling.noise import prepare_noise
-from .denoiser import CondItem, UNetDenoiser
+from .denoiser import CondItem, CondSchedule, UNetDenoiser
 from .vae import vae_decode, vae_encode
 
 ProgressFn = Callable[[int, int, torch.Tensor | None], None]  # (step, total, x0 preview latent (scaled) | None)
@@ -31,14 +31,27 @@ def model_sampling_for(ckpt: Checkpoint) -> ModelSampling:
 
 
 def encode_text(ckpt: Checkpoint, text: str, *, style: str = "a1111", clip_skip: int = 1, embeddings=None,
-                used_embeddings: dict | None = None) -> list[CondItem]:
+                used_embeddings: dict | None = None, negative: bool = False) -> list[CondItem]:
     """Prompt text → CONDITIONING (one item). `used_embeddings` collects the textual inversions the text used."""
     from ..conditioning.encode import encode_prompt
 
-    c = encode_prompt(ckpt, text, style=style, clip_skip=clip_skip, embeddings=embeddings)
+    c = encode_prompt(ckpt, text, style=style, clip_skip=clip_skip, embeddings=embeddings, negative=negative)
     if used_embeddings is not None:
         used_embeddings.update(getattr(c, "embeddings_used", {}) or {})
     return [CondItem(cross_attn=c.cross_attn, pooled=c.pooled)]
+
+
+def encode_prompt_schedule(ckpt: Checkpoint, text: str, steps: int, *, clip_skip: int = 1, embeddings=None,
+                           used_embeddings: dict | None = None) -> list[CondItem] | CondSchedule:
+    """An A1111 prompt with `[from:to:when]` / `[a|b]` editing → a per-step schedule (or one item if static)."""
+    from ..conditioning.encode import encode_schedule
+
+    entries = encode_schedule(ckpt, text, steps, style="a1111", clip_skip=clip_skip, embeddings=embeddings)
+    if used_embeddings is not None:
+        for _, c in entries:
+            used_embeddings.update(getattr(c, "embeddings_used", {}) or {})
+    items = [(end, [CondItem(cross_attn=c.cross_attn, pooled=c.pooled)]) for end, c in entries]
+    return items[0][1] if len(items) == 1 else CondSchedule(items)
 
 
 def inpaint_concat(ckpt: Checkpoint, latent: torch.Tensor, noise_mask: torch.Tensor | None,
@@ -78,7 +91,7 @@ def _latent_mask(mask: torch.Tensor, hw: tuple[int, int], batch: int) -> torch.T
 def ksample(
     ckpt: Checkpoint,
     latent: torch.Tensor,
-    positive: list[CondItem],
+    positive: list[CondItem] | CondSchedule,
     negative: list[CondItem],
     *,
     seed: int,
@@ -109,11 +122,15 @@ def ksample(
         latent_size_px=(w * ckpt.vae_downscale, h * ckpt.vae_downscale),
     )
     def callback(info: dict) -> None:
+        if isinstance(positive, CondSchedule):
+            positive.step = int(info["i"]) + 1
         if cancelled is not None and cancelled():
             raise Interrupted("generation was interrupted")
         if progress is not None:
             progress(int(info["i"]) + 1, int(info["total_steps"]), info.get("denoised"))
 
+    if isinstance(positive, CondSchedule):
+        positive.step = 0
     mask = None if noise_mask is None else _latent_mask(noise_mask, (h, w), B)
     scale = ckpt.latent_scale
     out = ksampler_sample(
