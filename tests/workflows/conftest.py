@@ -45,6 +45,7 @@ class Studio:
     temp_dir: Path
     executor: GraphExecutor
     lora_components: dict[str, torch.nn.Module]
+    mask_box: tuple[int, int, int, int] = MASK_BOX
 
     def workflow(self, name: str) -> dict[str, Any]:
         """A fresh copy of tests/workflows/<name>.json."""
