@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import json
 import math
 import random
@@ -23,7 +24,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
+
+# Other processes share this machine's 2 cores: busy-waiting OpenMP threads then slow everything down 5-10×.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch  # noqa: E402
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +57,7 @@ VAE_CONFIG = dict(
     out_channels=3,
     down_block_types=["DownEncoderBlock2D"] * 4,
     up_block_types=["UpDecoderBlock2D"] * 4,
-    block_out_channels=[16, 32, 64, 64],
+    block_out_channels=[16, 32, 128, 128],
     layers_per_block=1,
     latent_channels=4,
     norm_num_groups=16,
@@ -103,12 +107,12 @@ def lr_at(step: int, total: int, peak: float, warmup: int = 100) -> float:
 # --- data -----------------------------------------------------------------------------------------------------
 
 
-def build_data(n: int, n_alt: int) -> tuple[torch.Tensor, list[list[str]]]:
-    """(n, 3, 64, 64) images in [-1, 1] and, per image, its captions (1 + n_alt wordings)."""
+def build_data(n: int, n_alt: int) -> tuple[torch.Tensor, list[list[str]], list]:
+    """(n, 3, 64, 64) images in [-1, 1], per image its captions (1 + n_alt wordings), and the scene labels."""
     samples = make_dataset(n)
     images = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     captions = [[s.caption, *alternative_captions(s, i, n_alt)] for i, s in enumerate(samples)]
-    return images, captions
+    return images, captions, [s.label for s in samples]
 
 
 def tokenize(captions: list[str]) -> torch.Tensor:
@@ -120,32 +124,63 @@ def tokenize(captions: list[str]) -> torch.Tensor:
 # --- stage 1: VAE ---------------------------------------------------------------------------------------------
 
 
-def train_vae(args: argparse.Namespace, images: torch.Tensor, work: Path, logf: Path) -> None:
+def _crop_batch(images: torch.Tensor, fg: torch.Tensor, centres: list[list[tuple[float, float]]], idx: torch.Tensor,
+                size: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """size×size crops around a random shape of each chosen image (± jitter), clamped inside the image."""
+    xs, ms = [], []
+    full = images.shape[-1]
+    for i in idx.tolist():
+        cs = centres[i]
+        cx, cy = cs[int(torch.randint(0, len(cs), (1,), generator=g))]
+        jx, jy = (torch.rand(2, generator=g) * 2 - 1) * (size / 3)
+        x0 = int(min(max(round(cx + float(jx) - size / 2), 0), full - size)) // 8 * 8
+        y0 = int(min(max(round(cy + float(jy) - size / 2), 0), full - size)) // 8 * 8
+        xs.append(images[i, :, y0 : y0 + size, x0 : x0 + size])
+        ms.append(fg[i, :, y0 : y0 + size, x0 : x0 + size])
+    return torch.stack(xs), torch.stack(ms)
+
+
+def train_vae(args: argparse.Namespace, images: torch.Tensor, labels: list, work: Path, logf: Path) -> None:
+    """Train the KL autoencoder: foreground-weighted L1+L2, first on 32×32 crops around shapes, then on whole images."""
     from diffusers import AutoencoderKL
+
+    from darkroom.shapes.dataset import COLOURS
 
     torch.manual_seed(args.seed)
     vae = AutoencoderKL(**VAE_CONFIG)
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(args.seed + 1)
-    log(f"vae: {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M params, {args.vae_steps} steps", logf)
+    bg = torch.tensor([COLOURS[lab.background] for lab in labels], dtype=torch.float32) / 127.5 - 1.0  # (N, 3)
+    fg = ((images - bg[:, :, None, None]).abs().amax(1, keepdim=True) > 0.05).float()  # (N, 1, 64, 64)
+    centres = [[s.centre for s in lab.shapes] for lab in labels]
+    total = args.vae_steps + args.vae_full_steps
+    log(f"vae: {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M params, {args.vae_steps} crop steps + "
+        f"{args.vae_full_steps} full-size steps", logf)
     t0 = time.time()
-    for step in range(args.vae_steps):
+    for step in range(total):
         for pg in opt.param_groups:
-            pg["lr"] = lr_at(step, args.vae_steps, args.vae_lr)
-        idx = torch.randint(0, len(images), (args.vae_batch,), generator=g)
-        x = images[idx]  # (B, 3, 64, 64)
+            pg["lr"] = lr_at(step, total, args.vae_lr)
+        if step < args.vae_steps:
+            idx = torch.randint(0, len(images), (args.vae_batch,), generator=g)
+            x, m = _crop_batch(images, fg, centres, idx, 32, g)  # (B, 3, 32, 32)
+        else:
+            idx = torch.randint(0, len(images), (args.vae_batch // 4,), generator=g)
+            x, m = images[idx], fg[idx]  # (B/4, 3, 64, 64)
         post = vae.encode(x).latent_dist
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=g)
         rec = vae.decode(z).sample
-        rec_loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
+        w = 1.0 + args.vae_fg_weight * m  # shapes are a small part of each picture: weigh their pixels up
+        rec_loss = ((rec - x).abs() + (rec - x).pow(2)).mul(w).sum() / (w.sum() * 3)
         kl = 0.5 * (post.mean.pow(2) + post.var - 1.0 - post.logvar).mean()
         loss = rec_loss + args.vae_kl * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
-        if step % 100 == 0 or step == args.vae_steps - 1:
+        if step % 100 == 0 or step == total - 1:
             log(f"vae step {step} rec {rec_loss.item():.4f} kl {kl.item():.3f} ({time.time() - t0:.0f}s)", logf)
+        if (step + 1) % 500 == 0:
+            vae.save_pretrained(work / "vae")
     vae.save_pretrained(work / "vae")
     log(f"vae done in {time.time() - t0:.0f}s", logf)
 
@@ -258,8 +293,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n-images", type=int, default=16000)
     ap.add_argument("--n-alt-captions", type=int, default=3)
-    ap.add_argument("--vae-steps", type=int, default=1500)
-    ap.add_argument("--vae-batch", type=int, default=16)
+    ap.add_argument("--vae-steps", type=int, default=1500, help="steps on 32×32 crops around shapes")
+    ap.add_argument("--vae-full-steps", type=int, default=300, help="then steps on whole 64×64 images")
+    ap.add_argument("--vae-batch", type=int, default=32, help="crops per step (whole images: a quarter)")
+    ap.add_argument("--vae-fg-weight", type=float, default=8.0)
     ap.add_argument("--vae-lr", type=float, default=1e-3)
     ap.add_argument("--vae-kl", type=float, default=1e-4)
     ap.add_argument("--steps", type=int, default=3000)
@@ -280,10 +317,10 @@ def main(argv: list[str] | None = None) -> None:
     (args.work / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=1))
     stages = set(args.stages.split(","))
     t0 = time.time()
-    images, captions = build_data(args.n_images, args.n_alt_captions)
+    images, captions, labels = build_data(args.n_images, args.n_alt_captions)
     log(f"dataset: {len(images)} images in {time.time() - t0:.0f}s; e.g. {captions[0][0]!r}", logf)
     if "vae" in stages:
-        train_vae(args, images, args.work, logf)
+        train_vae(args, images, labels, args.work, logf)
     if "latents" in stages:
         encode_latents(images, args.work, logf)
     if "unet" in stages:
