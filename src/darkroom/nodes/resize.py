@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable
 
 import numpy as np
@@ -169,7 +168,3 @@ def tiled_scale(
         output[b : b + 1] = acc / weight
     return output
 
-
-def tile_count(size: int, tile: int, overlap: int) -> int:
-    """How many tiles `tiled_scale` uses along one side."""
-    return 1 if size <= tile else math.ceil((size - overlap) / (tile - overlap))
