@@ -7,6 +7,9 @@ import torch
 from PIL import Image
 
 from darkroom.engine import pipeline
+from darkroom.graph import NodeContext
+from darkroom.nodes import ClipRef
+from darkroom.nodes.conditioning import CLIPTextEncodeSDXL
 
 
 def _lora_image(studio, strength_model: float, strength_clip: float, executor=None) -> np.ndarray:
@@ -83,6 +86,17 @@ def test_sdxl_base_then_refiner_with_two_advanced_samplers(studio):
     torch.testing.assert_close(neg.cross_attn[..., :width_l], l_part.cross_attn[..., :width_l])
     torch.testing.assert_close(neg.cross_attn[..., width_l:], g_part.cross_attn[..., width_l:])
     torch.testing.assert_close(neg.pooled, g_part.pooled)
+
+    # A longer text_l (two chunks) is matched by padding text_g's encoding with empty-prompt chunks.
+    long_l = ", ".join(["a tiny red fox in the snow"] * 12)
+    node_ctx = NodeContext(node_id="x", prompt_id="p", class_type="CLIPTextEncodeSDXL",
+                           services={"engine": studio.engine})
+    ((mixed,),) = CLIPTextEncodeSDXL().execute(node_ctx, ClipRef(base), 64, 64, 0, 0, 64, 64, "sky", long_l)
+    assert mixed.cross_attn.shape == (1, 154, width_l + width_g)
+    empty = pipeline.encode_text(base, "", style="comfy")[0].cross_attn
+    sky = pipeline.encode_text(base, "sky", style="comfy")[0].cross_attn
+    torch.testing.assert_close(mixed.cross_attn[:, :77, width_l:], sky[..., width_l:])
+    torch.testing.assert_close(mixed.cross_attn[:, 77:, width_l:], empty[..., width_l:])
 
     # The base stops at step 3 of 4 with leftover noise; the refiner finishes without adding noise.
     base_out = r.node_outputs["10"][0]["samples"]

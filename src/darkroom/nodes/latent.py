@@ -163,6 +163,8 @@ class VAEEncodeTiled(Node):
     def execute(self, ctx: NodeContext, pixels: torch.Tensor, vae: VaeRef, tile_size: int, overlap: int,
                 temporal_size: int = 64, temporal_overlap: int = 8) -> tuple[Any, ...]:
         check_type(vae, VaeRef, "vae", self.name)
+        if overlap >= tile_size // 2:  # the half-size tiling would not advance (ComfyUI fails here)
+            overlap = tile_size // 4
         f = vae.downscale
         pixels, _, _ = crop_to_multiple(pixels[..., :3], f)
         x = pixels.movedim(-1, 1).float() * 2.0 - 1.0  # (B, 3, H, W)
