@@ -36,6 +36,9 @@ class ModelRef:
     loras: tuple[LoraUse, ...] = ()
     patcher: Any = None  # the checkpoint's LoraPatcher, captured when it was loaded (see `use_model`)
 
+    def __repr__(self) -> str:
+        return f"ModelRef({self.checkpoint.name!r}, loras={_lora_names(self.loras)})"
+
     def with_lora(self, lora: Any, strength: float) -> ModelRef:
         """A new ref with one more LoRA (this one is unchanged)."""
         return replace(self, loras=(*self.loras, LoraUse(lora, float(strength))))
@@ -53,6 +56,10 @@ class ClipRef:
     loras: tuple[LoraUse, ...] = ()
     stop_at_clip_layer: int | None = None  # None: the family's standard layer (no CLIPSetLastLayer)
     patcher: Any = None  # the checkpoint's LoraPatcher, captured when it was loaded
+
+    def __repr__(self) -> str:
+        return (f"ClipRef({self.checkpoint.name!r}, loras={_lora_names(self.loras)}, "
+                f"stop_at_clip_layer={self.stop_at_clip_layer})")
 
     def with_lora(self, lora: Any, strength: float) -> ClipRef:
         """A new ref with one more LoRA."""
@@ -86,6 +93,9 @@ class VaeRef:
     vae: Any  # diffusers.AutoencoderKL
     name: str = ""
 
+    def __repr__(self) -> str:
+        return f"VaeRef({self.name!r})"
+
     @property
     def downscale(self) -> int:
         """Pixels per latent pixel (8 for every SD VAE)."""
@@ -94,6 +104,10 @@ class VaeRef:
     @property
     def latent_channels(self) -> int:
         return int(self.vae.config.latent_channels)
+
+
+def _lora_names(loras: tuple[LoraUse, ...]) -> list[str]:
+    return [f"{getattr(u.lora, 'name', '?')}:{u.strength:g}" for u in loras]
 
 
 def _patcher(engine: Any, ref: ModelRef | ClipRef) -> Any:
