@@ -37,7 +37,7 @@ def originals(kind: str) -> tuple[torch.nn.Module, torch.nn.Module, list[torch.n
 
 @torch.no_grad()
 def outputs(unet, vae, text_encoders, tokenizers) -> list[torch.Tensor]:
-    """Text-encoder states, one UNet step and a VAE round trip at 64×64 px."""
+    """Text-encoder states, one UNet step on 8×8 latents and a VAE round trip at 32×32 px."""
     g = torch.Generator().manual_seed(0)
     outs, pooled = [], None
     for te, tok in zip(text_encoders, tokenizers):
@@ -55,8 +55,8 @@ def outputs(unet, vae, text_encoders, tokenizers) -> list[torch.Tensor]:
         n = (cfg.projection_class_embeddings_input_dim - pooled.shape[-1]) // cfg.addition_time_embed_dim
         kw["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": torch.arange(n, dtype=torch.float32)[None] * 64}
     outs.append(unet(x, 500, encoder_hidden_states=context, **kw).sample)
-    image = torch.rand(1, 3, 64, 64, generator=g) * 2 - 1
-    latent = vae.encode(image).latent_dist.mean  # (1, 4, 8, 8)
+    image = torch.rand(1, 3, 32, 32, generator=g) * 2 - 1
+    latent = vae.encode(image).latent_dist.mean  # (1, 4, 4, 4)
     outs += [latent, vae.decode(latent).sample]
     return outs
 
@@ -101,24 +101,29 @@ def test_diffusers_layouts_load_same_weights(kind, layout):
         assert_state_equal(a, b)
 
 
-@pytest.mark.parametrize("kind", ["sd15", "sdxl-base"])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_files(kind, dtype):
-    path = shared_tiny_checkpoint(kind, "ldm", dtype)
-    with safe_open(str(path), "pt") as f:
-        assert f.get_tensor("model.diffusion_model.out.2.weight").dtype == dtype
+HALF_CASES = ([(k, torch.float16, "ldm") for k in ALL_KINDS] + [(k, torch.bfloat16, "diffusers") for k in ALL_KINDS]
+              + [("sd15", torch.bfloat16, "ldm"), ("sdxl-base", torch.float16, "diffusers")])
+
+
+@pytest.mark.parametrize("kind,dtype,layout", HALF_CASES)
+def test_half_precision_files(kind, dtype, layout):
+    path = shared_tiny_checkpoint(kind, layout, dtype)
     unet, vae, tes = originals(kind)
     ckpt = load_checkpoint(path, dtype=dtype)
+    assert ckpt.kind == KIND_NAMES[kind]
     assert ckpt.dtype == dtype and ckpt.unet.dtype == dtype and ckpt.vae.dtype == dtype
     assert_state_equal(ckpt.unet, unet, dtype)
     assert_state_equal(ckpt.vae, vae, dtype)
-    for a, b in zip(ckpt.text_encoders, tes):
+    for a, b in zip(ckpt.text_encoders, tes, strict=True):
         assert_state_equal(a, b, dtype)
-    # a half file loaded as fp32 holds exactly the rounded values
-    full = load_checkpoint(path, dtype="fp32")
-    assert full.unet.dtype == torch.float32
-    w = "conv_in.weight"
-    assert torch.equal(full.unet.state_dict()[w], unet.state_dict()[w].to(dtype).float())
+    if layout == "ldm":
+        with safe_open(str(path), "pt") as f:
+            assert f.get_tensor("model.diffusion_model.out.2.weight").dtype == dtype
+        # a half file loaded as fp32 holds exactly the rounded values
+        full = load_checkpoint(path, dtype="fp32")
+        assert full.unet.dtype == torch.float32
+        w = "conv_in.weight"
+        assert torch.equal(full.unet.state_dict()[w], unet.state_dict()[w].to(dtype).float())
 
 
 @pytest.mark.parametrize("kind", ["sd15", "sdxl-base", "sdxl-refiner"])
