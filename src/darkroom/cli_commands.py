@@ -17,6 +17,11 @@ def is_user_error(e: BaseException) -> bool:
     from .metadata.png import ImageMetadataError, UnsafeOutputPathError
 
     user_types += [InfotextError, ImageMetadataError, UnsafeOutputPathError]
+    from .conditioning.embeddings import EmbeddingError
+    from .conditioning.prompt_parser import PromptSyntaxError
+    from .models.lora import LoraError
+
+    user_types += [EmbeddingError, PromptSyntaxError, LoraError]
     try:
         from .models import errors as model_errors
 
@@ -123,28 +128,38 @@ def cmd_generate(args: argparse.Namespace, settings_fn) -> int:
 
 
 def cmd_models(args: argparse.Namespace, settings_fn) -> int:
+    from .cli import CLIError
     from .models.registry import ModelRegistry
     from .settings import MODEL_FOLDERS
 
     settings = settings_fn(args)
     registry = ModelRegistry(settings)
     kinds = list(MODEL_FOLDERS) if args.kind == "all" else [args.kind]
-    from .cli import CLIError
-
     for kind in kinds:
         if kind not in MODEL_FOLDERS:
             raise CLIError(f"unknown model kind {kind!r}; choose one of: all, {', '.join(MODEL_FOLDERS)}")
-        names = registry.names(kind)
+    for kind in kinds:
+        entries = registry.entries(kind)
         if len(kinds) > 1:
             print(f"[{kind}]")
-        if not names:
-            print(f"  (none in {', '.join(str(d) for d in settings.model_dirs(kind)) or settings.models_dir / kind})")
+        if not entries:
+            where = ", ".join(str(d) for d in settings.model_dirs(kind)) or str(settings.models_dir / kind)
+            print(f"  (none in {where})")
             continue
-        for name in names:
-            info = registry.describe(kind, name, hash=not args.no_hash, cache_file=settings.resolved_cache_dir /
-                                     "hashes.json")
-            print(info.line())
+        for path in entries.values():
+            info = registry.describe(path, kind, allow_unsafe_pickle=settings.allow_unsafe_pickle)
+            digest = "-" if args.no_hash else (info.short_hash or "-")
+            builtin = "  (built-in default)" if info.builtin else ""
+            print(f"{info.name}\t{info.kind}\t{digest}\t{_size(info.size)}{builtin}")
     return 0
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
 
 
 def cmd_info(args: argparse.Namespace, _settings_fn) -> int:

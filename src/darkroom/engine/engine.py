@@ -21,6 +21,15 @@ from .params import GenerationParams, HiresParams, LoraRef
 MAX_SEED = 2**32 - 1
 
 
+def _model_display_name(registry_name: str) -> str:
+    """A1111's `Model:` value: the file name without folder or extension."""
+    stem = registry_name.rsplit("/", 1)[-1]
+    for ext in (".safetensors", ".ckpt", ".pt", ".bin", ".pth"):
+        if stem.lower().endswith(ext):
+            return stem[: -len(ext)]
+    return stem
+
+
 class RequestError(ValueError):
     """A request that cannot run as given (bad size, unknown sampler …); the message says what to change."""
 
@@ -81,9 +90,10 @@ class Engine:
                                        allow_unsafe_pickle=self.settings.allow_unsafe_pickle)
             self._loaded[key] = ckpt
             while len(self._loaded) > 2:
-                old_key = next(iter(self._loaded))
-                old = self._loaded.pop(old_key)
-                self._patchers.pop(id(old), None)
+                old = self._loaded.pop(next(iter(self._loaded)))
+                patcher = self._patchers.pop(id(old), None)
+                if patcher is not None:  # a workflow cache may still hold this model: leave it clean
+                    patcher.restore()
             return ckpt
 
     def native_size(self, name: str | None) -> tuple[int, int]:
@@ -102,7 +112,6 @@ class Engine:
 
     def apply_loras(self, ckpt: Checkpoint, loras: list[LoraRef]) -> dict[str, str]:
         """Patch the checkpoint with exactly these LoRAs (restoring any others); returns name → short hash."""
-        from ..models.hashing import lora_short_hash
         from ..models.lora import load_lora_file
 
         patcher = self.patcher(ckpt)
@@ -110,7 +119,7 @@ class Engine:
         for ref in loras:
             path = self.registry.find("loras", ref.name)
             entries.append((load_lora_file(path), ref.te_weight, ref.unet_weight))
-            hashes[ref.name] = lora_short_hash(path, cache_file=self._hash_cache())
+            hashes[ref.name] = self.registry.hashes.lora_hash(path)
         patcher.apply(entries)
         return hashes
 
@@ -124,15 +133,9 @@ class Engine:
                 patcher = self._patchers[id(ckpt)] = LoraPatcher.for_checkpoint(ckpt)
             return patcher
 
-    def _hash_cache(self) -> Path:
-        return self.settings.resolved_cache_dir / "hashes.json"
-
     def model_hash(self, path: Path) -> str | None:
-        from ..models.hashing import model_hashes
-
-        if path.is_dir():
-            return None
-        return model_hashes(path, cache_file=self._hash_cache()).short
+        """A1111's short hash of a checkpoint file (cached); None for diffusers folders."""
+        return None if path.is_dir() else self.registry.hashes.model_hash(path)
 
     # -- generation -------------------------------------------------------------------------------------
     def validate(self, p: GenerationParams) -> None:
@@ -214,9 +217,12 @@ class Engine:
                 final = refiner if refiner is not None else ckpt
                 images.extend(tensor_to_pil(pipeline.decode(final, latent)))
                 seeds.append(s)
-        model_name = self.registry.display_name("checkpoints", model_path)
+        model_name = _model_display_name(self.registry.name_of("checkpoints", model_path) or model_path.name)
         model_hash = self.model_hash(model_path)
-        return self._result(p, images, seeds, model_name, model_hash, lora_hashes, used_ti)
+        ckpt_name = self.registry.name_of("checkpoints", model_path) or model_path.name
+        lora_files = {r.name: self.registry.name_of("loras", self.registry.find("loras", r.name)) or r.name
+                      for r in p.loras}
+        return self._result(p, images, seeds, model_name, model_hash, lora_hashes, used_ti, ckpt_name, lora_files)
 
     def _total_steps(self, p: GenerationParams) -> int:
         first = p.steps  # img2img runs `steps` steps too (ComfyUI's denoise rule)
@@ -269,7 +275,8 @@ class Engine:
         return pipeline.ksample(ckpt, latent, positive, negative, steps=h.steps or p.steps, denoise=h.denoise,
                                 **common)
 
-    def _result(self, p, images, seeds, model_name, model_hash, lora_hashes, used_ti) -> GenerationResult:
+    def _result(self, p, images, seeds, model_name, model_hash, lora_hashes, used_ti, ckpt_name,
+                lora_files) -> GenerationResult:
         from ..metadata.infotext import infotext_for
         from ..metadata.workflow import workflow_from_params
 
@@ -282,6 +289,7 @@ class Engine:
         for s in seeds:
             single = replace(p, seed=s, batch_size=1)
             infotexts.append(infotext_for(single, seed=s, model_name=model_name, model_hash=model_hash, extra=extra))
-            workflows.append(workflow_from_params(single, seed=s, model_name=model_name))
+            workflows.append(workflow_from_params(single, seed=s, model_name=model_name, ckpt_name=ckpt_name,
+                                                  lora_files=lora_files))
         return GenerationResult(images=images, seeds=seeds, infotexts=infotexts, workflows=workflows, params=p,
                                 model_name=model_name, model_hash=model_hash, extra=extra)
