@@ -330,3 +330,20 @@ def test_darkroom_config_override_round_trip(tmp_path):
     with safe_open(str(shared_tiny_checkpoint("sdxl-base")), "pt") as f:
         assert "darkroom.config" not in (f.metadata() or {})
     assert component_state_dicts(comps)["unet"].keys() == ckpt.unet.state_dict().keys()
+
+
+def test_real_file_variants(tmp_path):
+    """Old CLIP keys without `text_model.`, EMA copies (ignored like A1111 does), bare UNet prefixes."""
+    with safe_open(str(shared_tiny_checkpoint("sd15")), "pt") as f:
+        sd = {k: f.get_tensor(k) for k in f.keys()}
+    p = "cond_stage_model.transformer."
+    variant = {(p + k[len(p) + len("text_model."):] if k.startswith(p + "text_model.") else k): v for k, v in sd.items()}
+    for k, v in sd.items():  # EMA weights under flattened names, as in full (non-pruned) SD1 files
+        if k.startswith("model.diffusion_model."):
+            variant["model_ema.diffusion_model" + k[len("model.diffusion_model."):].replace(".", "")] = torch.zeros_like(v)
+    path = tmp_path / "old.safetensors"
+    save_file(variant, str(path))
+    ckpt = load_checkpoint(path)
+    unet, vae, tes = originals("sd15")
+    assert_state_equal(ckpt.unet, unet)
+    assert_state_equal(ckpt.text_encoders[0], tes[0])
