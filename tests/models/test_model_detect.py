@@ -102,6 +102,19 @@ def test_name_is_ignored(tmp_path):
     assert detect_file(path) == ModelKind(Family.SDXL)
 
 
+def test_lazy_state_dict_detected_without_reading(monkeypatch):
+    from darkroom.models.files import LazyStateDict
+
+    lazy = LazyStateDict(shared_tiny_checkpoint("sdxl-base"))
+
+    def no_reads(self, key):
+        raise AssertionError(f"read {key}")
+
+    monkeypatch.setattr(LazyStateDict, "__getitem__", no_reads)
+    assert read_header(lazy)["model.diffusion_model.label_emb.0.0.weight"] == (128, 112)
+    assert detect_kind(lazy) == ModelKind(Family.SDXL)
+
+
 def test_read_header_reads_no_weights(tmp_path):
     path = tmp_path / "m.safetensors"
     path.write_bytes(shared_tiny_checkpoint("sd15").read_bytes())

@@ -423,9 +423,9 @@ def _kind_of(comps: Mapping[str, Mapping[str, Any]]) -> ModelKind:
 def save_single_file(
     source: Any,
     path: Path | str,
-    *,
     dtype: torch.dtype | None = None,
     metadata: Mapping[str, str] | None = None,
+    *,
     kind: ModelKind | None = None,
     layout: str = "ldm",
 ) -> Path:

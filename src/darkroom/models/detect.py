@@ -62,6 +62,8 @@ def shape_of(v: Any) -> tuple[int, ...]:
 def read_header(source: Path | str | Mapping[str, Any], *, allow_unsafe_pickle: bool = False) -> dict[str, tuple]:
     """{key: shape} of a safetensors file (header only), a diffusers folder (prefixed keys) or a state dict."""
     if isinstance(source, Mapping):
+        if isinstance(getattr(source, "shapes", None), Mapping):  # lazy state dicts know shapes without reading
+            return {k: tuple(v) for k, v in source.shapes.items()}
         return {k: shape_of(v) for k, v in source.items()}
     path = Path(source)
     if path.is_dir():
@@ -139,9 +141,9 @@ class TextEncoderFeatures:
 
 
 def _first(shapes: Shapes, prefix: str, suffix: str) -> tuple[int, ...] | None:
-    for k, v in shapes.items():
+    for k in shapes:  # keys only: values of a lazy state dict are read on access
         if k.startswith(prefix) and k.endswith(suffix):
-            return shape_of(v)
+            return shape_of(shapes[k])
     return None
 
 
