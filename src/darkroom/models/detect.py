@@ -384,6 +384,10 @@ def detect_kind(
     heuristic (std of `output_blocks.11.1.transformer_blocks.0.norm1.bias` > 0.09, which needs that tensor: a real
     tensor among `shapes` or `get_tensor`); otherwise eps.
     """
+    known = getattr(shapes, "shapes", None)
+    if isinstance(known, Mapping) and known is not shapes:  # a lazy state dict: use its header shapes
+        get_tensor = get_tensor or getattr(shapes, "raw", None) or shapes.__getitem__
+        shapes = known
     family, inpaint = detect_family(shapes)
     pred: str | None = _prediction_from_yaml(sidecar) if sidecar is not None else None
     if pred is None and metadata:
