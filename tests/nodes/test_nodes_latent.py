@@ -18,7 +18,7 @@ from darkroom.nodes.latent import (
     SetLatentNoiseMask,
     crop_to_multiple,
 )
-from darkroom.nodes.resize import bislerp, center_crop, common_upscale, lanczos, tiled_scale
+from darkroom.engine.resize import bislerp, center_crop, common_upscale, lanczos, tiled_scale
 
 
 def ctx(name: str = "Test") -> NodeContext:

@@ -127,10 +127,15 @@ EXPECTED: dict[str, tuple[list[tuple[str, str, dict]], list[str], bool]] = {
 }
 
 
+#: darkroom's own nodes, beside ComfyUI's core set.
+DARKROOM_NODES = {"CLIPTextEncodeA1111"}
+
+
 def test_every_expected_node_is_registered_in_order():
     info = object_info(default_registry())
-    assert set(info) == set(EXPECTED)
-    assert len(NODE_CLASSES) == len(EXPECTED) == 45
+    assert set(info) == set(EXPECTED) | DARKROOM_NODES
+    assert len(NODE_CLASSES) == len(EXPECTED) + len(DARKROOM_NODES) == 46
+    assert info["CLIPTextEncodeA1111"]["python_module"].startswith("darkroom_nodes")
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

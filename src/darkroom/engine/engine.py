@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,6 +20,13 @@ from .vae import pil_to_tensor, tensor_to_pil
 from .params import GenerationParams, HiresParams, LoraRef
 
 MAX_SEED = 2**32 - 1
+
+
+def _resize_image(images: torch.Tensor, width: int, height: int, method: str) -> torch.Tensor:
+    """(B, H, W, 3) → (B, height, width, 3) with ComfyUI's ImageScale arithmetic (lanczos goes through 8 bits)."""
+    from .resize import common_upscale
+
+    return common_upscale(images.movedim(-1, 1), width, height, method).movedim(1, -1)
 
 
 def _model_display_name(registry_name: str) -> str:
@@ -192,8 +200,9 @@ class Engine:
                                             embeddings=self.embeddings(), used_embeddings=used_ti, negative=True)
             init_latent = None
             if p.init_image is not None:
-                init = Image.open(p.init_image).convert("RGB").resize((p.width, p.height), Image.LANCZOS)
-                init_latent = pipeline.encode(ckpt, pil_to_tensor(init))
+                init = pil_to_tensor(Image.open(p.init_image).convert("RGB"))  # (1, H, W, 3)
+                init = _resize_image(init, p.width, p.height, "lanczos")  # as the workflow's ImageScale
+                init_latent = pipeline.encode(ckpt, init)
             refiner = self.load(p.refiner) if p.refiner else None
             ref_conds = None
             if refiner is not None:
@@ -222,11 +231,13 @@ class Engine:
         ckpt_name = self.registry.name_of("checkpoints", model_path) or model_path.name
         lora_files = {r.name: self.registry.name_of("loras", self.registry.find("loras", r.name)) or r.name
                       for r in p.loras}
-        return self._result(p, images, seeds, model_name, model_hash, lora_hashes, used_ti, ckpt_name, lora_files)
+        a1111_text = self._needs_a1111_text(p, ckpt, clean_prompt, used_ti)
+        return self._result(p, images, seeds, model_name, model_hash, lora_hashes, used_ti, ckpt_name, lora_files,
+                            a1111_text)
 
     def _total_steps(self, p: GenerationParams) -> int:
         first = p.steps  # img2img runs `steps` steps too (ComfyUI's denoise rule)
-        hires = (p.hires.steps or p.steps) if p.hires else 0
+        hires = (p.hires.steps or p.steps) if p.hires and p.init_image is None else 0
         return (first + hires) * p.batch_size
 
     def _one_image(self, ckpt, refiner, p, seed, positive, negative, ref_conds, init_latent, progress, cancelled):
@@ -249,7 +260,7 @@ class Engine:
                 latent = pipeline.ksample(refiner, latent, ref_conds[0], ref_conds[1], steps=p.steps,
                                           denoise=denoise, add_noise=False, start_step=switch, end_step=10000,
                                           **common)
-        if p.hires is not None:
+        if p.hires is not None and init_latent is None:  # hires fix is a txt2img option, as in A1111
             final_positive = positive.last() if isinstance(positive, pipeline.CondSchedule) else positive
             latent = self._hires(ckpt if refiner is None else refiner, p, p.hires, latent,
                                  final_positive if refiner is None else ref_conds[0],
@@ -266,17 +277,31 @@ class Engine:
                 "bilinear"
             latent = pipeline.upscale_latent(latent, tw, th, method)
         else:
-            resample = {"nearest": Image.NEAREST, "lanczos": Image.LANCZOS}.get(up.lower())
-            if resample is None:
+            method = {"nearest": "nearest-exact", "lanczos": "lanczos"}.get(up.lower())
+            if method is None:
                 raise RequestError(f"unknown hires upscaler {up!r}; use Latent, Latent (nearest-exact), "
                                    "Latent (bicubic), Lanczos or Nearest")
-            img = tensor_to_pil(pipeline.decode(ckpt, latent))[0].resize((tw, th), resample)
-            latent = pipeline.encode(ckpt, pil_to_tensor(img))
+            latent = pipeline.encode(ckpt, _resize_image(pipeline.decode(ckpt, latent), tw, th, method))
         return pipeline.ksample(ckpt, latent, positive, negative, steps=h.steps or p.steps, denoise=h.denoise,
                                 **common)
 
+    @staticmethod
+    def _needs_a1111_text(p: GenerationParams, ckpt: Checkpoint, clean_prompt: str, used_ti: dict) -> bool:
+        """Whether ComfyUI's CLIPTextEncode would encode these prompts differently from A1111's rules (weights,
+        BREAK/AND, embeddings by name, prompts over 75 tokens, SDXL's zeroed empty negative)."""
+        if p.prompt_style != "a1111":
+            return False
+        texts = (clean_prompt, p.negative_prompt)
+        if used_ti or any(c in t for t in texts for c in "()[]\\") or any(re.search(r"\b(BREAK|AND)\b", t)
+                                                                          for t in texts):
+            return True
+        if ckpt.kind.is_sdxl and not p.negative_prompt.strip():
+            return True
+        tok = ckpt.tokenizers[0]
+        return any(len(tok(t, add_special_tokens=False)["input_ids"]) > 75 for t in texts)
+
     def _result(self, p, images, seeds, model_name, model_hash, lora_hashes, used_ti, ckpt_name,
-                lora_files) -> GenerationResult:
+                lora_files, a1111_text=False) -> GenerationResult:
         from ..metadata.infotext import infotext_for
         from ..metadata.workflow import workflow_from_params
 
@@ -290,6 +315,6 @@ class Engine:
             single = replace(p, seed=s, batch_size=1)
             infotexts.append(infotext_for(single, seed=s, model_name=model_name, model_hash=model_hash, extra=extra))
             workflows.append(workflow_from_params(single, seed=s, model_name=model_name, ckpt_name=ckpt_name,
-                                                  lora_files=lora_files))
+                                                  lora_files=lora_files, a1111_text=a1111_text))
         return GenerationResult(images=images, seeds=seeds, infotexts=infotexts, workflows=workflows, params=p,
                                 model_name=model_name, model_hash=model_hash, extra=extra)

@@ -70,13 +70,16 @@ def workflow_from_params(params: GenerationParams, *, seed: int, model_name: str
                          ckpt_name: str | None = None, lora_files: Mapping[str, str] | None = None,
                          init_image_name: str | None = None, refiner_ckpt_name: str | None = None,
                          upscale_model_name: str | None = None,
-                         filename_prefix: str = "darkroom") -> dict[str, dict[str, Any]]:
+                         filename_prefix: str = "darkroom",
+                         a1111_text: bool = False) -> dict[str, dict[str, Any]]:
     """The ComfyUI API prompt equivalent to our request for one `seed`.
 
     ckpt_name: the checkpoint file as ComfyUI names it (default params.model, else model_name);
     lora_files: LoRA name → file name (default `<name>.safetensors`); init_image_name: the LoadImage file name
     (default the init image's file name); refiner_ckpt_name: default params.refiner; upscale_model_name: the file for
-    a non-latent hires upscaler (default the upscaler's name).
+    a non-latent hires upscaler (default the upscaler's name); a1111_text: encode the prompts with darkroom's
+    `CLIPTextEncodeA1111` node (A1111 weighting) instead of ComfyUI's `CLIPTextEncode` — needed only when the two
+    would differ, since ComfyUI itself lacks that node.
     """
     if not 0 <= seed <= MAX_SEED:
         raise ValueError(f"seed must be in 0..2^64-1 for a ComfyUI workflow (got {seed})")
@@ -99,8 +102,10 @@ def workflow_from_params(params: GenerationParams, *, seed: int, model_name: str
     if params.clip_skip > 1:
         clip = [g.add("CLIPSetLastLayer", {"clip": clip, "stop_at_clip_layer": -params.clip_skip},
                       title="CLIP Set Last Layer"), 0]
-    g.add("CLIPTextEncode", {"text": text, "clip": clip}, title="CLIP Text Encode (Positive)", node_id="6")
-    g.add("CLIPTextEncode", {"text": params.negative_prompt, "clip": clip}, title="CLIP Text Encode (Negative)",
+    encoder = "CLIPTextEncodeA1111" if a1111_text else "CLIPTextEncode"
+    neg_extra = {"is_negative": True} if a1111_text else {}
+    g.add(encoder, {"text": text, "clip": clip}, title="CLIP Text Encode (Positive)", node_id="6")
+    g.add(encoder, {"text": params.negative_prompt, "clip": clip, **neg_extra}, title="CLIP Text Encode (Negative)",
           node_id="7")
     positive: Link = ["6", 0]
     negative: Link = ["7", 0]
@@ -161,9 +166,11 @@ def _refiner_passes(g: _Graph, params: GenerationParams, seed: int, denoise: flo
           title="KSampler (Advanced) Base", node_id="3")
     latent = ["3", 0]
     rid = g.add("CheckpointLoaderSimple", {"ckpt_name": refiner}, title="Load Refiner Checkpoint")
-    r_pos = g.add("CLIPTextEncode", {"text": g.nodes["6"]["inputs"]["text"], "clip": [rid, 1]},
+    encoder = g.nodes["6"]["class_type"]
+    neg_extra = {"is_negative": True} if encoder == "CLIPTextEncodeA1111" else {}
+    r_pos = g.add(encoder, {"text": g.nodes["6"]["inputs"]["text"], "clip": [rid, 1]},
                   title="Refiner Prompt (Positive)")
-    r_neg = g.add("CLIPTextEncode", {"text": params.negative_prompt, "clip": [rid, 1]},
+    r_neg = g.add(encoder, {"text": params.negative_prompt, "clip": [rid, 1], **neg_extra},
                   title="Refiner Prompt (Negative)")
     if switch < steps:
         nid = g.add("KSamplerAdvanced", {"add_noise": "disable", "noise_seed": seed, "steps": total, **common,

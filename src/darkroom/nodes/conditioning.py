@@ -66,6 +66,30 @@ class CLIPTextEncode(Node):
         return (encode(ctx, clip, text),)
 
 
+class CLIPTextEncodeA1111(Node):
+    """darkroom: encode a prompt with A1111's rules — `(x)`/`[x]`/`(x:1.3)` emphasis with mean restore, BREAK,
+    75-token chunks with comma backtrack, embeddings by file name. Workflows made from A1111-style requests use it so
+    they reproduce the A1111-style image exactly; `is_negative` gives A1111's zeroed empty SDXL negative."""
+
+    display_name = "CLIP Text Encode (A1111 syntax)"
+    category = "conditioning"
+    python_module = "darkroom_nodes.a1111"
+    inputs = {
+        "text": Input(Types.STRING, multiline=True, dynamic_prompts=False, tooltip="Prompt in A1111 syntax."),
+        "clip": Input(Types.CLIP),
+        "is_negative": Input(Types.BOOLEAN, default=False, optional=True,
+                             tooltip="A1111 encodes an empty SDXL negative prompt as zeros."),
+    }
+    outputs = [Output(Types.CONDITIONING)]
+
+    def execute(self, ctx: NodeContext, text: str, clip: ClipRef, is_negative: bool = False) -> tuple[Any, ...]:
+        check_type(clip, ClipRef, "clip", self.name)
+        engine = service(ctx, "engine")
+        ckpt = use_clip(engine, clip)
+        return (pipeline.encode_text(ckpt, text, style="a1111", clip_skip=clip.clip_skip(),
+                                     embeddings=engine.embeddings(), negative=is_negative),)
+
+
 class CLIPTextEncodeSDXL(Node):
     """SDXL base: separate prompts for CLIP-G and CLIP-L plus size/crop micro-conditioning."""
 
@@ -244,6 +268,6 @@ class ConditioningSetTimestepRange(Node):
 
 
 NODES: tuple[type[Node], ...] = (
-    CLIPTextEncode, CLIPTextEncodeSDXL, CLIPTextEncodeSDXLRefiner, ConditioningCombine, ConditioningSetArea,
+    CLIPTextEncode, CLIPTextEncodeA1111, CLIPTextEncodeSDXL, CLIPTextEncodeSDXLRefiner, ConditioningCombine, ConditioningSetArea,
     ConditioningSetMask, ConditioningAverage, ConditioningZeroOut, ConditioningSetTimestepRange,
 )

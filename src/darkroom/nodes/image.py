@@ -19,7 +19,7 @@ from ..engine.vae import tensor_to_pil
 from ..graph import Input, Node, NodeContext, NodeOutput, Output, Types
 from ..metadata.naming import comfy_image_name, comfy_counter, save_image_path
 from ..metadata.png import write_png
-from .resize import CROP_METHODS, UPSCALE_METHODS_IMAGE, common_upscale
+from ..engine.resize import CROP_METHODS, UPSCALE_METHODS_IMAGE, common_upscale
 from .services import FileChoices, folder, resolve_input_file
 
 MAX_RESOLUTION = 16384

@@ -14,7 +14,7 @@ import torch
 from ..engine.vae import vae_decode, vae_encode
 from ..graph import Input, Node, NodeContext, Output, Types
 from .refs import VaeRef, check_type
-from .resize import CROP_METHODS, UPSCALE_METHODS_LATENT, common_upscale, tiled_scale
+from ..engine.resize import CROP_METHODS, UPSCALE_METHODS_LATENT, common_upscale, tiled_scale
 
 MAX_RESOLUTION = 16384
 Latent = dict[str, Any]
