@@ -23,7 +23,6 @@ _DTYPES = {
     "BOOL": torch.bool, "F8_E4M3": getattr(torch, "float8_e4m3fn", None), "F8_E5M2": getattr(torch, "float8_e5m2", None),
 }
 _MAX_HEADER = 100 * 1024 * 1024
-_ALIGN = 64
 
 
 def is_pickle(path: Path) -> bool:
@@ -133,48 +132,53 @@ def cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
 
 
 class LazyStateDict(Mapping[str, torch.Tensor]):
-    """A read-only state dict over one or more safetensors files; a tensor is read (and cast) when accessed."""
+    """A read-only state dict over one or more safetensors files; a tensor is read (and cast) when accessed.
+
+    Each tensor is read straight from the file into its own freshly allocated (so 64-byte aligned) storage: one
+    copy, no memory map kept, and unused keys (EMA copies, schedule buffers) are never read.
+    """
 
     def __init__(self, paths: list[Path] | Path, dtype: torch.dtype | None = None, prefix: str = "",
                  align: bool = True):
-        from safetensors import safe_open
-
         self.paths = [Path(p) for p in (paths if isinstance(paths, list) else [paths])]
         self.dtype = dtype
-        self.align = align
-        self._where: dict[str, Any] = {}
-        self._handles = []
+        self.align = align  # kept for API compatibility: reads are always aligned
+        self._where: dict[str, tuple[Path, int, dict[str, Any]]] = {}
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.metadata: dict[str, str] = {}
         for p in self.paths:
             header, meta = read_safetensors_header(p)
+            with open(p, "rb") as f:
+                base = 8 + struct.unpack("<Q", f.read(8))[0]
             self.metadata.update(meta)
-            try:
-                handle = safe_open(str(p), framework="pt", device="cpu")
-            except Exception as e:  # noqa: BLE001 — safetensors raises its own error types
-                raise ModelFileError(f"{p} is not a valid safetensors file: {e}") from e
-            self._handles.append(handle)
             for k, info in header.items():
-                self._where[prefix + k] = (handle, k, p)
+                if info["dtype"] not in _DTYPES or _DTYPES[info["dtype"]] is None:
+                    raise ModelFileError(f"{p}: tensor {k!r} has an unsupported dtype {info['dtype']}")
+                self._where[prefix + k] = (p, base, info)
                 self.shapes[prefix + k] = tuple(info["shape"])
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        handle, name, path = self._where[key]
-        try:
-            t = handle.get_tensor(name)
-        except Exception as e:  # noqa: BLE001
-            raise ModelFileError(f"cannot read tensor {name!r} from {path}: {e}") from e
-        out = cast(t, self.dtype)
-        if self.align and out is t and t.data_ptr() % _ALIGN:
-            # safetensors hands out tensors at odd offsets of a byte buffer; CPU kernels pick other (slower,
-            # differently rounded) paths for unaligned weights, so give each its own aligned storage.
-            out = t.clone()
-        return out
 
     def raw(self, key: str) -> torch.Tensor:
         """The tensor as stored (no cast)."""
-        handle, name, _ = self._where[key]
-        return handle.get_tensor(name)
+        path, base, info = self._where[key]
+        start, stop = info["data_offsets"]
+        t = torch.empty(info["shape"], dtype=_DTYPES[info["dtype"]])
+        nbytes = t.numel() * t.element_size()
+        if nbytes != stop - start:
+            raise ModelFileError(f"{path}: tensor {key!r} has {stop - start} bytes for shape {info['shape']}")
+        if nbytes:
+            buf = t.reshape(-1).view(torch.uint8).numpy()
+            try:
+                with open(path, "rb") as f:
+                    f.seek(base + start)
+                    got = f.readinto(memoryview(buf))
+            except OSError as e:
+                raise ModelFileError(f"cannot read tensor {key!r} from {path}: {e}") from e
+            if got != nbytes:
+                raise ModelFileError(f"{path} is truncated (tensor {key!r})")
+        return t  # safetensors is little-endian, like every host torch runs on
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return cast(self.raw(key), self.dtype)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._where)
