@@ -66,7 +66,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
     loras.mkdir()
     comps = tiny_components("sd15", seed=0)
     write_tiny_checkpoint(ckpts / "tiny-sd15.safetensors", "sd15", components=comps)
-    write_tiny_checkpoint(ckpts / "tiny-sd15_b.safetensors", "sd15", seed=7)
+    write_tiny_checkpoint(ckpts / "tiny-sd15_b.safetensors", "sd15", seed=7, metadata={"modelspec.title": "tiny b"})
     write_kohya_lora(loras / "tiny-lora.safetensors", comps["unet"], [comps["text_encoder"]], seed=3, std=0.2)
     settings = load_settings(models_dir=root, data_dir=root / "unused-data", output_dir=root / "unused-output",
                              device="cpu", dtype="fp32")
