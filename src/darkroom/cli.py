@@ -89,6 +89,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="start darkroom (renders a sample image with the default model)")
     _add_common(r)
+
+    s = sub.add_parser("serve", help="start the local generation server (ComfyUI protocol and A1111 API)",
+                       description="Serve ComfyUI's HTTP + websocket API (every route also under /api) and A1111's "
+                       "/sdapi/v1 on http://127.0.0.1:8188, over a queue and history that survive restarts. "
+                       "Listening on another address needs an access token.")
+    s.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
+    s.add_argument("--listen", nargs="?", const="0.0.0.0", default=None, metavar="IP",
+                   help="listen on the network (all interfaces, or IP); requires --token")
+    s.add_argument("--port", type=int, default=8188, help="port (default 8188)")
+    s.add_argument("--token", default=None, help="access token required on every request (default: "
+                   "$DARKROOM_TOKEN); clients send it as 'Authorization: Bearer TOKEN' or a Basic password")
+    s.add_argument("--data-dir", type=Path, help="queue, history, input/, output/, temp/ (default: "
+                   "$DARKROOM_DATA_DIR or ./data)")
+    s.add_argument("--enable-cors-header", nargs="?", const="*", default=None, action="append", metavar="ORIGIN",
+                   help="allow web pages from ORIGIN (or any, without a value) to call the API")
+    s.add_argument("--preview-method", choices=["none", "latent2rgb"], default="latent2rgb",
+                   help="step previews sent over the websocket (default latent2rgb)")
+    s.add_argument("--max-upload-size", type=float, default=100, metavar="MB", help="upload limit (default 100)")
+    _add_common(s)
     return parser
 
 

@@ -194,3 +194,32 @@ def cmd_run(args: argparse.Namespace, settings_fn) -> int:
                      on_exists="next")
     print(f"darkroom: model {result.model_name}; sample image written to {path}")
     return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings_fn) -> int:
+    """Run the local generation server until interrupted."""
+    import os
+
+    from .cli import CLIError
+    from .server.config import Limits, ServerConfig, ServerConfigError
+
+    settings = settings_fn(args)
+    if args.data_dir is not None:
+        settings = settings.model_copy(update={"data_dir": args.data_dir})
+    output_dir = args.output_dir or (Path(os.environ["DARKROOM_OUTPUT_DIR"]) if os.environ.get("DARKROOM_OUTPUT_DIR")
+                                     else None)
+    host = args.listen or args.host or "127.0.0.1"
+    config = ServerConfig(host=host, port=args.port, token=args.token or os.environ.get("DARKROOM_TOKEN") or None,
+                          data_dir=Path(settings.data_dir), output_dir=output_dir,
+                          cors_origins=tuple(o for o in (args.enable_cors_header or ()) if o),
+                          preview_method=args.preview_method,
+                          limits=Limits(max_upload_bytes=int(args.max_upload_size * 1024 * 1024)))
+    try:
+        config.check()
+    except ServerConfigError as e:
+        raise CLIError(str(e)) from None
+    from .server.app import serve
+
+    print(f"darkroom: serving on http://{host}:{args.port} (data in {config.data_dir})", file=sys.stderr)
+    serve(settings, config)
+    return 0
