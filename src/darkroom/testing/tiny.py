@@ -3,9 +3,10 @@
 Every supported family (see `KIND_NAMES`) can be written as a single-file LDM/A1111 checkpoint, a diffusers-layout
 single file or a diffusers folder. The tiny models follow each family's conventions (SD1: 8 heads; SD2/SDXL: 64
 channels per head, at least one head; CLIP: 64 channels per head) so they load through exactly the same detection
-and config inference as real files. Sizes: UNet channels (32, 64), 1 resblock per level; text encoders width 32,
-2 layers (SDXL's second encoder width 64), the real 49,408-token vocabulary and 77 positions; VAE channels (32, 32, 64, 64) so latents are 1/8 of
-the image like the real ones. A UNet forward at 64×64 px (8×8 latents) takes milliseconds on a CPU.
+and config inference as real files. Sizes: UNet channels (32, 64), 1 resblock per level; text encoders width 32
+(SDXL's second encoder 64), 2 layers, the real 49,408-token vocabulary and 77 positions; VAE channels
+(32, 32, 64, 64) so latents are 1/8 of the image like the real ones. A UNet forward at 64×64 px (8×8 latents) takes
+milliseconds on a CPU. `shared_tiny_components` / `shared_tiny_checkpoint` build each one once per process.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+
 import torch
 
 from darkroom.models.config import TEMPLATE_KINDS, shipped_configs, template_name
