@@ -107,3 +107,62 @@ def test_comfy_client_flow(shared_server, metadata_previews: bool) -> None:
     img = Image.open(io.BytesIO(view.content))
     assert img.size == (64, 64)
     assert json.loads(img.info["prompt"])["3"]["inputs"]["seed"] == wf["3"]["inputs"]["seed"]
+
+
+def test_interrupt_by_prompt_id_and_reconnect(shared_server) -> None:
+    ws = connect(shared_server, "int", None)
+    pid = shared_server.post("/prompt", json={"prompt": txt2img_workflow(seed=77, steps=1000),
+                                              "client_id": "int"}).json()["prompt_id"]
+    for _ in range(5000):  # wait until it samples
+        op, data = ws.recv_data()
+        if op == websocket.ABNF.OPCODE_TEXT and json.loads(data)["type"] == "progress":
+            break
+    # a reconnecting client with the same id is told what is running
+    again = websocket.create_connection(f"{shared_server.ws_url}/ws?clientId=int", timeout=60)
+    assert json.loads(again.recv())["type"] == "status"
+    resent = json.loads(again.recv())
+    assert resent["type"] == "executing" and resent["data"] == {"node": "3", "display_node": "3", "prompt_id": pid}
+    assert shared_server.post("/interrupt", json={"prompt_id": "someone-else"}).status_code == 200
+    step = shared_server.state.worker.progress.step
+    import time
+
+    time.sleep(0.3)
+    assert shared_server.state.worker.progress.step > step  # another prompt's id interrupts nothing
+    assert shared_server.post("/api/interrupt", json={"prompt_id": pid}).status_code == 200
+    events, _ = read_until_done(again, pid)
+    again.close()
+    ws.close()
+    interrupted = [e for e in events if e["type"] == "execution_interrupted"]
+    assert len(interrupted) == 1 and interrupted[0]["data"]["node_id"] == "3"
+    entry = shared_server.get(f"/history/{pid}").json()[pid]
+    assert entry["status"]["status_str"] == "error" and entry["outputs"] == {}
+    assert entry["status"]["messages"][-1][0] == "execution_interrupted"
+
+
+def test_failing_job_does_not_stop_the_queue(make_server, monkeypatch) -> None:
+    import torch
+
+    from darkroom.engine import pipeline
+
+    server = make_server()
+    real = pipeline.ksample
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "ksample", flaky)
+    ws = connect(server, "oom", None)
+    bad = server.post("/prompt", json={"prompt": txt2img_workflow(seed=3), "client_id": "oom"}).json()["prompt_id"]
+    good = server.post("/prompt", json={"prompt": txt2img_workflow(seed=4), "client_id": "oom"}).json()["prompt_id"]
+    events, _ = read_until_done(ws, bad)
+    err = next(e["data"] for e in events if e["type"] == "execution_error")
+    assert err["node_id"] == "3" and "out of memory" in err["exception_message"]
+    assert "TIPS" in err["exception_message"] and err["exception_type"].endswith("OutOfMemoryError")
+    read_until_done(ws, good)
+    ws.close()
+    hist = server.get("/history").json()
+    assert hist[bad]["status"]["status_str"] == "error" and hist[good]["status"]["status_str"] == "success"
