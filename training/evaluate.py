@@ -28,7 +28,7 @@ def load(work: Path, step: str):
 
     unet = UNet2DConditionModel.from_pretrained(work / step / "unet").eval()
     te = CLIPTextModel.from_pretrained(work / step / "text_encoder").eval()
-    vae = AutoencoderKL.from_pretrained(work / "vae").eval()
+    vae = AutoencoderKL.from_pretrained(work / ("vae_ft" if (work / "vae_ft").is_dir() else "vae")).eval()
     return unet, te, vae
 
 

@@ -31,7 +31,7 @@ def export(work: Path, step: str, out: Path, *, dtype: torch.dtype = torch.float
 
     unet = UNet2DConditionModel.from_pretrained(work / step / "unet")
     te = CLIPTextModel.from_pretrained(work / step / "text_encoder")
-    vae = AutoencoderKL.from_pretrained(work / "vae")
+    vae = AutoencoderKL.from_pretrained(work / ("vae_ft" if (work / "vae_ft").is_dir() else "vae"))
     meta = {
         "modelspec.title": "darkroom shapes v1",
         "modelspec.architecture": "stable-diffusion-v1",

@@ -207,6 +207,49 @@ def encode_latents(images: torch.Tensor, work: Path, logf: Path) -> None:
     log(f"latents {tuple(mean.shape)}: mean {mean.mean():.3f} std {mean.std():.3f} → scaling_factor {scale:.4f}", logf)
 
 
+# --- stage 2b: decoder fine-tuning ---------------------------------------------------------------------------
+
+
+def finetune_decoder(args: argparse.Namespace, images: torch.Tensor, labels: list, work: Path, logf: Path) -> None:
+    """Sharpen the decoder on whole images with the encoder frozen: the latents (and so the UNet's data) stay the same.
+
+    (Like Stability's ft-MSE VAE decoders: only the decoder moves, so any UNet trained on these latents still fits.)
+    """
+    from diffusers import AutoencoderKL
+
+    from darkroom.shapes.dataset import COLOURS
+
+    torch.manual_seed(args.seed + 5)
+    vae = AutoencoderKL.from_pretrained(work / "vae")
+    data = torch.load(work / "latents.pt")
+    lat_mean, lat_std = data["mean"], data["std"]  # (N, 4, 8, 8)
+    params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    opt = torch.optim.AdamW(params, lr=args.dec_lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(args.seed + 6)
+    bg = torch.tensor([COLOURS[lab.background] for lab in labels], dtype=torch.float32) / 127.5 - 1.0
+    log(f"decoder: {sum(p.numel() for p in params) / 1e6:.2f}M params, {args.dec_steps} steps", logf)
+    t0 = time.time()
+    for step in range(args.dec_steps):
+        for pg in opt.param_groups:
+            pg["lr"] = lr_at(step, args.dec_steps, args.dec_lr, warmup=50)
+        idx = torch.randint(0, len(images), (args.dec_batch,), generator=g)
+        x = images[idx]  # (B, 3, 64, 64)
+        m = ((x - bg[idx][:, :, None, None]).abs().amax(1, keepdim=True) > 0.05).float()
+        z = lat_mean[idx] + lat_std[idx] * torch.randn(lat_mean[idx].shape, generator=g)  # (B, 4, 8, 8)
+        rec = vae.decode(z).sample
+        w = 1.0 + args.vae_fg_weight * m
+        loss = ((rec - x).abs() + (rec - x).pow(2)).mul(w).sum() / (w.sum() * 3)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % 100 == 0 or step == args.dec_steps - 1:
+            log(f"decoder step {step} rec {loss.item():.4f} ({time.time() - t0:.0f}s)", logf)
+        if (step + 1) % 500 == 0 or step == args.dec_steps - 1:
+            vae.save_pretrained(work / "vae_ft")
+    log(f"decoder done in {time.time() - t0:.0f}s", logf)
+
+
 # --- stage 3: UNet + text encoder -----------------------------------------------------------------------------
 
 
@@ -288,7 +331,7 @@ def train_unet(args: argparse.Namespace, captions: list[list[str]], work: Path, 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, required=True, help="folder for intermediate diffusers-format components")
-    ap.add_argument("--stages", default="vae,latents,unet", help="comma list of vae,latents,unet")
+    ap.add_argument("--stages", default="vae,latents,decoder,unet", help="comma list of vae,latents,decoder,unet")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n-images", type=int, default=16000)
@@ -299,6 +342,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--vae-fg-weight", type=float, default=8.0)
     ap.add_argument("--vae-lr", type=float, default=1e-3)
     ap.add_argument("--vae-kl", type=float, default=1e-4)
+    ap.add_argument("--dec-steps", type=int, default=1500, help="decoder-only fine-tuning steps on whole images")
+    ap.add_argument("--dec-batch", type=int, default=8)
+    ap.add_argument("--dec-lr", type=float, default=5e-4)
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=4e-4)
@@ -323,6 +369,8 @@ def main(argv: list[str] | None = None) -> None:
         train_vae(args, images, labels, args.work, logf)
     if "latents" in stages:
         encode_latents(images, args.work, logf)
+    if "decoder" in stages:
+        finetune_decoder(args, images, labels, args.work, logf)
     if "unet" in stages:
         train_unet(args, captions, args.work, logf)
     log(f"all stages done in {time.time() - t0:.0f}s", logf)
