@@ -230,3 +230,50 @@ def test_skip_moves_to_the_next_image(shared_server) -> None:
     r = out["r"]
     assert len(r.images) == 1 and "Seed: 31," in r.info["infotexts"][0]
     assert r.info["all_seeds"] == [30, 31]
+
+
+def test_a1111_images_are_comfyui_graphs(shared_server) -> None:
+    """The saved image embeds its workflow; queued through /prompt it gives the same pixels."""
+    import io
+    import json
+
+    api = client(shared_server)
+    r = api.txt2img(prompt="a (red:1.3) [square]", negative_prompt="dull", seed=321, width=64, height=64,
+                    save_images=True, sampler_name="DPM++ 2M", scheduler="Karras")
+    assert "Sampler: DPM++ 2M, Schedule type: Karras," in r.info["infotexts"][0]
+    hist = shared_server.get("/history", params={"max_items": 1}).json()
+    (entry,) = hist.values()
+    run_graph = entry["prompt"][2]
+    assert run_graph["6"]["class_type"] == "CLIPTextEncodeA1111"  # A1111 weighting is kept
+    assert run_graph["3"]["inputs"]["sampler_name"] == "dpmpp_2m" and run_graph["3"]["inputs"]["scheduler"] == "karras"
+    ref = entry["outputs"]["9"]["images"][0]
+    assert ref["type"] == "output" and ref["subfolder"] == "txt2img-images"
+    saved = Image.open(io.BytesIO(shared_server.get("/view", params=ref).content))
+    assert saved.info["parameters"] == r.info["infotexts"][0]
+    workflow = json.loads(saved.info["prompt"])
+    assert workflow["9"]["class_type"] == "SaveImage" and workflow["3"]["inputs"]["seed"] == 321
+    assert np.array_equal(pixels(saved), pixels(r.image))
+    pid = shared_server.post("/prompt", json={"prompt": workflow}).json()["prompt_id"]
+    shared_server.wait_idle()
+    out = shared_server.get(f"/history/{pid}").json()[pid]["outputs"]["9"]["images"][0]
+    rerun = Image.open(io.BytesIO(shared_server.get("/view", params=out).content))
+    assert np.array_equal(pixels(rerun), pixels(r.image))
+    plain = api.txt2img(prompt="a cat", negative_prompt="", seed=1, width=64, height=64)
+    assert plain.image.size == (64, 64)
+    (entry,) = shared_server.get("/history", params={"max_items": 1}).json().values()
+    assert entry["prompt"][2]["6"]["class_type"] == "CLIPTextEncode"  # plain prompts stay portable to ComfyUI
+
+
+def test_a1111_request_matches_the_engine(shared_server, models) -> None:
+    """The same request through /sdapi/v1 and through Engine.generate: same pixels, same infotext."""
+    from darkroom.engine import GenerationParams
+
+    api = client(shared_server)
+    r = api.txt2img(prompt="a (red:1.3) cat", negative_prompt="dull", seed=5, width=64, height=64,
+                    sampler_name="Euler a", cfg_scale=6, steps=3,
+                    override_settings={"sd_model_checkpoint": "tiny-sd15"})
+    res = models.engine.generate(GenerationParams(
+        prompt="a (red:1.3) cat", negative_prompt="dull", seed=5, width=64, height=64, steps=3,
+        sampler="euler_ancestral", scheduler="normal", cfg=6.0, model="tiny-sd15.safetensors"))
+    assert np.array_equal(pixels(r.image), pixels(res.images[0]))
+    assert r.info["infotexts"][0] == res.infotexts[0]

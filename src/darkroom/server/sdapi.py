@@ -14,6 +14,7 @@ import copy
 import io
 import json
 import random
+import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -56,6 +57,7 @@ class SdapiContext:
     limits: Limits
     options: OptionsStore
     styles: StyleBook
+    embeddings: Any = None  # darkroom.conditioning.embeddings.EmbeddingLibrary (names decide the text encoder)
 
 
 @dataclass
@@ -180,6 +182,35 @@ def apply_infotext(req: ProcessingBase) -> ProcessingBase:
         return type(req).model_validate({**req.model_dump(), **updates})
     except Exception as ex:
         raise _bad(f"infotext could not be applied: {ex}", "infotext") from None
+
+
+def needs_a1111_text(prompt: str, negative: str, *, is_sdxl: bool, embedding_names: list[str]) -> bool:
+    """Whether ComfyUI's CLIPTextEncode would encode these prompts differently from A1111's rules.
+
+    The same test the engine applies (weights, BREAK/AND, embeddings by name, over 75 tokens, SDXL's zeroed empty
+    negative), decided without loading the model; workflows then use darkroom's CLIPTextEncodeA1111 node.
+    """
+    texts = (prompt, negative)
+    if any(c in t for t in texts for c in "()[]\\") or any(re.search(r"\b(BREAK|AND)\b", t) for t in texts):
+        return True
+    if is_sdxl and not negative.strip():
+        return True
+    for name in embedding_names:
+        if any(re.search(rf"(?<![\w]){re.escape(name)}(?![\w])", t) for t in texts):
+            return True
+    from ..conditioning.tokenizer import clip_tokenizer
+
+    tok = clip_tokenizer()
+    return any(len(tok(t, add_special_tokens=False)["input_ids"]) > 75 for t in texts)
+
+
+def _is_sdxl(models: Any, ckpt: str) -> bool:
+    from ..models.detect import detect_file
+
+    try:
+        return bool(detect_file(models.find("checkpoints", ckpt)).is_sdxl)
+    except Exception:
+        return True  # unknown: A1111 text encoding is the safe choice
 
 
 def random_seed() -> int:
@@ -443,12 +474,18 @@ def build_job(req: ProcessingBase, ctx: SdapiContext) -> SdapiJob:
         clip_skip=clip_skip, denoise=denoise, hires=hires, refiner=refiner_name,
         refiner_switch=switch if refiner_name else 0.8, prompt_style="a1111",
     )
+    try:
+        embedding_names = list(ctx.embeddings.names()) if ctx.embeddings is not None else []
+    except Exception:
+        embedding_names = []
+    a1111_text = needs_a1111_text(extract_extra_networks(prompt)[0], negative, is_sdxl=_is_sdxl(ctx.models, ckpt),
+                                  embedding_names=embedding_names)
     workflows = []
     for i, s in enumerate(seeds):
         init = prep.init_names[i] if prep.init_names else None
         p = replace(params, seed=s, init_image=Path(init) if init else None)
         wf = workflow_from_params(p, seed=s, ckpt_name=ckpt, lora_files=lora_files, init_image_name=init,
-                                  refiner_ckpt_name=refiner_name, filename_prefix="darkroom")
+                                  refiner_ckpt_name=refiner_name, filename_prefix="darkroom", a1111_text=a1111_text)
         if init and isinstance(req, Img2ImgRequest):
             if prep.mask_name:
                 add_inpaint_nodes(wf, prep, i)

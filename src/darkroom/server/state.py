@@ -45,7 +45,8 @@ class ServerState:
         from .sdapi import SdapiContext
 
         return SdapiContext(models=self.engine.registry, nodes=self.node_registry, folders=self.folders,
-                            limits=self.config.limits, options=self.options, styles=self.styles)
+                            limits=self.config.limits, options=self.options, styles=self.styles,
+                            embeddings=self.engine.embeddings())
 
 
 def state_of(request_or_ws: Any) -> ServerState:
