@@ -65,6 +65,13 @@ def test_prompt_validation_errors_have_comfyui_shape(shared_server) -> None:
     err = r.json()["node_errors"]["5"]["errors"][0]
     assert err["type"] == "value_bigger_than_max" and err["extra_info"]["input_name"] == "width"
 
+    for prefix in ("../../outside", "/abs/path", "a/../../b"):
+        wf = txt2img_workflow(prefix=prefix)
+        r = requests.post(url, json={"prompt": wf}, timeout=30)
+        assert r.status_code == 400, prefix
+        err = r.json()["node_errors"]["9"]["errors"][0]
+        assert err["type"] == "value_not_allowed" and err["extra_info"]["input_name"] == "filename_prefix"
+
     wf = txt2img_workflow()
     del wf["9"]
     assert requests.post(url, json={"prompt": wf}, timeout=30).json()["error"]["type"] == "prompt_no_outputs"

@@ -277,3 +277,22 @@ def test_a1111_request_matches_the_engine(shared_server, models) -> None:
         sampler="euler_ancestral", scheduler="normal", cfg=6.0, model="tiny-sd15.safetensors"))
     assert np.array_equal(pixels(r.image), pixels(res.images[0]))
     assert r.info["infotexts"][0] == res.infotexts[0]
+
+
+def test_waiting_client_hears_when_its_job_is_deleted(make_server) -> None:
+    server = make_server(worker=False)
+    api = client(server)
+    out: dict = {}
+
+    def call() -> None:
+        try:
+            api.txt2img(prompt="never", width=64, height=64)
+        except RuntimeError as ex:
+            out["error"] = ex.args
+
+    t = threading.Thread(target=call)
+    t.start()
+    _wait(lambda: server.get("/queue").json()["queue_pending"])
+    assert server.post("/queue", json={"clear": True}).status_code == 200
+    t.join(30)
+    assert out["error"][0] == 409 and "removed from the queue" in out["error"][1]

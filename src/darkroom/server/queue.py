@@ -99,12 +99,12 @@ class JobQueue:
         """Jobs pending or running (ComfyUI's `queue_remaining`)."""
         return len(self.store.pending()) + (1 if self._running is not None else 0)
 
-    def delete(self, prompt_ids: Iterable[str] | None = None) -> int:
-        """Remove pending jobs (all with None); running ones are stopped with an interrupt, not here."""
-        n = self.store.delete_pending(prompt_ids)
-        if n:
+    def delete(self, prompt_ids: Iterable[str] | None = None) -> list[str]:
+        """Remove pending jobs (all with None); returns their ids. Running ones are stopped with an interrupt."""
+        removed = self.store.delete_pending(prompt_ids)
+        if removed:
             self._changed()
-        return n
+        return removed
 
     def close(self) -> None:
         """Wake and release a waiting worker (shutdown)."""

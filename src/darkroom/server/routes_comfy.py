@@ -10,6 +10,7 @@ import json
 import mimetypes
 import os
 import platform
+import re
 import struct
 import sys
 import time
@@ -55,6 +56,12 @@ def comfy_error(kind: str, message: str, details: str = "", node_errors: dict[st
                         status_code=status)
 
 
+def _escapes(prefix: str) -> bool:
+    """A SaveImage prefix that is absolute or climbs out with '..' (refused before queueing)."""
+    p = prefix.replace("\\", "/")
+    return p.startswith("/") or bool(re.match(r"^[A-Za-z]:", p)) or ".." in p.split("/") or "\0" in p
+
+
 def limit_errors(prompt: dict[str, Any], limits: Limits) -> dict[str, Any]:
     """Server limits on a workflow's sizes, steps, batches and texts, as ComfyUI `node_errors`."""
     bounds = {"width": limits.max_width, "height": limits.max_height, "steps": limits.max_steps,
@@ -69,6 +76,10 @@ def limit_errors(prompt: dict[str, Any], limits: Limits) -> dict[str, Any]:
                 found.append({"type": "value_too_long", "message": "Value is longer than the server allows",
                               "details": f"{name}: {len(value)} characters > {limits.max_prompt_chars}",
                               "extra_info": {"input_name": name, "received_value": f"<{len(value)} characters>"}})
+            elif name == "filename_prefix" and isinstance(value, str) and _escapes(value):
+                found.append({"type": "value_not_allowed", "message": "File name prefix leaves the output folder",
+                              "details": f"{name}: {value!r}",
+                              "extra_info": {"input_name": name, "received_value": value}})
             elif (name in bounds and isinstance(value, (int, float)) and not isinstance(value, bool)
                   and value > bounds[name]):
                 found.append({"type": "value_bigger_than_max", "message": "Value bigger than the server's limit",
@@ -170,10 +181,13 @@ def _ids(value: Any) -> list[str]:
 async def post_queue(request: Request) -> Response:
     st = state_of(request)
     data = await _json_body(request)
+    removed: list[str] = []
     if data.get("clear"):
-        st.queue.delete(None)
+        removed += st.queue.delete(None)
     if "delete" in data:
-        st.queue.delete(_ids(data["delete"]))
+        removed += st.queue.delete(_ids(data["delete"]))
+    for prompt_id in removed:
+        st.worker.abandon(prompt_id, "the job was removed from the queue before it ran")
     return Response(status_code=200)
 
 

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import io
 import time
+import uuid
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -38,14 +39,19 @@ async def _generate(request: Request, req: Txt2ImgRequest | Img2ImgRequest) -> A
         translated = await run_in_threadpool(build_job, req, st.sdapi_context())
     except SdapiError as ex:
         return a1111_error(ex.status, ex.message, "BadRequest" if ex.status == 400 else "HTTPException")
-    loop = asyncio.get_running_loop()
-    job = st.queue.submit(translated.listing_prompt, extra_data={}, outputs_to_execute=["9"], kind="sdapi",
-                          payload=translated.payload, prompt_id=req.force_task_id or None)
-    future = st.worker.wait_for(job.prompt_id, loop)
+    prompt_id = req.force_task_id or str(uuid.uuid4())
+    future = st.worker.wait_for(prompt_id, asyncio.get_running_loop())  # before queueing: never miss the end
+    try:
+        st.queue.submit(translated.listing_prompt, extra_data={}, outputs_to_execute=["9"], kind="sdapi",
+                        payload=translated.payload, prompt_id=prompt_id)
+    except ValueError as ex:
+        st.worker.forget(prompt_id, future)
+        return a1111_error(400, str(ex), "BadRequest")
     done, answer = await future
     parameters = translated.payload["request"]
     if answer is None:
-        return a1111_error(500, done.error or "generation failed", "RuntimeError")
+        return a1111_error(409 if done.status == "cancelled" else 500, done.error or "generation failed",
+                           "RuntimeError")
     if done.status == "error" and not answer.get("count"):
         return a1111_error(500, done.error or "generation failed", "RuntimeError")
     return {"images": answer["images"], "parameters": parameters, "info": answer["info"]}

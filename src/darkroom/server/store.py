@@ -209,16 +209,23 @@ class JobStore:
                 self._db.execute("ROLLBACK")
                 raise
 
-    def delete_pending(self, prompt_ids: Iterable[str] | None = None) -> int:
-        """Remove pending jobs (all when `prompt_ids` is None); returns how many."""
+    def delete_pending(self, prompt_ids: Iterable[str] | None = None) -> list[str]:
+        """Remove pending jobs (all when `prompt_ids` is None); returns the ids removed."""
+        wanted = None if prompt_ids is None else set(prompt_ids)
         with self._lock:
-            if prompt_ids is None:
-                cur = self._db.execute("DELETE FROM jobs WHERE status = 'pending'")
-            else:
-                ids = list(prompt_ids)
-                cur = self._db.execute(f"DELETE FROM jobs WHERE status = 'pending' AND prompt_id IN "
-                                       f"({','.join('?' * len(ids))})", ids) if ids else None
-        return 0 if cur is None else cur.rowcount
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._db.execute("SELECT prompt_id FROM jobs WHERE status = 'pending'").fetchall()
+                ids = [r[0] for r in rows if wanted is None or r[0] in wanted]
+                for i in range(0, len(ids), 500):
+                    chunk = ids[i:i + 500]
+                    self._db.execute(f"DELETE FROM jobs WHERE status = 'pending' AND prompt_id IN "
+                                     f"({','.join('?' * len(chunk))})", chunk)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return ids
 
     def recover(self, reason: str = CRASH_REASON) -> list[str]:
         """Mark jobs left `running` by a dead process as failed with `reason`; returns their ids."""

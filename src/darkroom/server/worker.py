@@ -151,6 +151,20 @@ class Worker:
             self._waiters.setdefault(prompt_id, []).append(_Waiter(loop, future))
         return future
 
+    def forget(self, prompt_id: str, future: asyncio.Future) -> None:
+        """Drop a waiter whose job was never queued."""
+        with self._lock:
+            left = [w for w in self._waiters.get(prompt_id, []) if w.future is not future]
+            if left:
+                self._waiters[prompt_id] = left
+            else:
+                self._waiters.pop(prompt_id, None)
+
+    def abandon(self, prompt_id: str, reason: str) -> None:
+        """Answer anyone waiting for a job that will never run (deleted from the queue)."""
+        gone = Job(prompt_id=prompt_id, number=0, prompt={}, status="cancelled", error=reason)
+        self._resolve(gone, None)
+
     def has_waiter(self, prompt_id: str) -> bool:
         with self._lock:
             return bool(self._waiters.get(prompt_id))
@@ -170,6 +184,8 @@ class Worker:
                 log.exception("job %s failed", job.prompt_id)
                 self._fail(job, f"{type(ex).__name__}: {ex}", traceback.format_exc().splitlines())
             finally:
+                if self._stop.is_set() and job.status == "interrupted":
+                    job.error = "darkroom was shut down while this job was running; queue it again to retry"
                 try:
                     self.queue.done(job)
                 except Exception:
