@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import socket
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 

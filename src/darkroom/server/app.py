@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 def build_state(settings: Any, config: ServerConfig, *, engine: Any = None) -> ServerState:
     """Open (or create) everything a server needs under config.data_dir; nothing runs yet."""
     from ..nodes import default_executor
-    from .sdapi import assemble
+    from .sdapi_results import assemble
 
     config.check()
     folders = Folders(config.input_dir, config.resolved_output_dir, config.temp_dir).create()
