@@ -70,6 +70,12 @@ def test_img2img_inpaint_whole_picture_keeps_unmasked_pixels(shared_server) -> N
     text = r.info["infotexts"][0]
     assert "Denoising strength: 0.9" in text and "Mask blur: 2" in text
     assert r.parameters["init_images"] is None and r.parameters["mask"] is None
+    inv = api.img2img(images=[init], mask_image=mask, inpainting_fill=1, inpaint_full_res=False, mask_blur=0,
+                      inpainting_mask_invert=1, denoising_strength=0.9, width=64, height=64, seed=5, prompt="x")
+    out = pixels(inv.image)
+    assert np.array_equal(out[24:40, 24:40], orig[24:40, 24:40])  # inverted: the square is kept
+    assert np.abs(out[:8] - orig[:8]).max() > 0
+    assert "Mask mode: Inpaint not masked" in inv.info["infotexts"][0]
 
 
 def test_img2img_only_masked_pastes_back_into_the_full_image(shared_server) -> None:

@@ -101,6 +101,9 @@ def create_app(settings: Any, config: ServerConfig, *, engine: Any = None) -> Fa
     app.include_router(ws.router)
     app.include_router(ws.router, prefix="/api")
     app.include_router(routes_sdapi.router)
+    from . import routes_frontend  # issue #6: studio page at /, node editor at /graph/
+
+    routes_frontend.install(app)  # issue #6
     app.add_middleware(SecurityMiddleware, config=config)
     return app
 

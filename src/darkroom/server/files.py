@@ -90,7 +90,10 @@ def resolve(folders: Folders, kind: str, subfolder: str, filename: str) -> Path:
     if not filename or filename.startswith("/") or ".." in filename or "\0" in filename or "\\" in filename:
         raise FileRequestError(400, f"invalid file name {filename!r}")
     base = folders.of(kind)
-    sub = check_subfolder(subfolder)
+    try:
+        sub = check_subfolder(subfolder)
+    except FileRequestError:
+        raise FileRequestError(403, "the subfolder points outside the folder") from None
     folder = base / sub if sub else base
     if not _inside(base, folder):
         raise FileRequestError(403, "the subfolder points outside the folder")
