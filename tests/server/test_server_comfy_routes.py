@@ -245,6 +245,8 @@ def test_openapi_describes_the_routes(shared_server) -> None:
     body = paths["/prompt"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["required"] == ["prompt"]
     assert "Txt2ImgRequest" in json.dumps(paths["/sdapi/v1/txt2img"]["post"]["requestBody"])
+    assert not any("422" in op["responses"] for ops in paths.values() for op in ops.values())
+    assert {"400", "401", "403", "413"} <= set(paths["/upload/image"]["post"]["responses"])
     # every GET route without parameters answers with a status the description lists
     for path, ops in paths.items():
         op = ops.get("get")

@@ -96,16 +96,36 @@ def create_app(settings: Any, config: ServerConfig, *, engine: Any = None) -> Fa
                              "errors": [{"field": f, "message": e.get("msg"), "type": e.get("type")}
                                         for f, e in zip(fields, errors)]}, status_code=400)
 
-    app.include_router(routes_comfy.router)
-    app.include_router(routes_comfy.router, prefix="/api")
+    guarded = {401: {"description": "access token missing or wrong (when the server has one)"},
+               403: {"description": "cross-origin request, or a Host that is not this computer"},
+               413: {"description": "request body over the size limit"}}
+    app.include_router(routes_comfy.router, responses=guarded)
+    app.include_router(routes_comfy.router, prefix="/api", responses=guarded)
     app.include_router(ws.router)
     app.include_router(ws.router, prefix="/api")
-    app.include_router(routes_sdapi.router)
+    app.include_router(routes_sdapi.router, responses=guarded)
     from . import routes_frontend  # issue #6: studio page at /, node editor at /graph/
 
     routes_frontend.install(app)  # issue #6
     app.add_middleware(SecurityMiddleware, config=config)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's description, with request-validation failures documented as the 400 this server answers."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        for ops in schema.get("paths", {}).values():
+            for op in ops.values():
+                responses = op.get("responses", {})
+                if "422" in responses:
+                    invalid = responses.pop("422")
+                    responses.setdefault("400", {**invalid, "description": "Invalid request (the field is named)"})
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 def serve(settings: Any, config: ServerConfig, *, log_level: str = "info") -> None:
