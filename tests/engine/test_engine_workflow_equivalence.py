@@ -69,3 +69,26 @@ def test_img2img_workflow_reproduces_the_image(engine, tmp_path):
     result = engine.generate(params)
     theirs = _run_embedded(engine, result.workflows[0], tmp_path, init=init)
     np.testing.assert_array_equal(np.asarray(result.images[0]), theirs)
+
+
+@pytest.fixture(scope="module")
+def sdxl_engine(tmp_path_factory) -> Engine:
+    root = tmp_path_factory.mktemp("xl")
+    (root / "checkpoints").mkdir()
+    shutil.copy(shared_tiny_checkpoint("sdxl-base"), root / "checkpoints" / "xl.safetensors")
+    shutil.copy(shared_tiny_checkpoint("sdxl-refiner"), root / "checkpoints" / "xl-refiner.safetensors")
+    return Engine(Settings(models_dir=root, output_dir=root / "out", data_dir=root / "data"))
+
+
+@pytest.mark.parametrize("refiner", [None, "xl-refiner"])
+def test_sdxl_and_refiner_workflow_reproduces_the_image(sdxl_engine, tmp_path, refiner):
+    params = GenerationParams(prompt="a red circle", negative_prompt="blurry", model="xl", width=64, height=64,
+                              steps=4, seed=8, cfg=4.0, refiner=refiner, refiner_switch=0.5)
+    result = sdxl_engine.generate(params)
+    theirs = _run_embedded(sdxl_engine, result.workflows[0], tmp_path)
+    np.testing.assert_array_equal(np.asarray(result.images[0]), theirs)
+    if refiner:
+        samplers = [n for n in result.workflows[0].values() if n["class_type"] == "KSamplerAdvanced"]
+        assert [s["inputs"]["end_at_step"] for s in samplers] == [2, 10000]
+        plain = sdxl_engine.generate(GenerationParams(**{**params.__dict__, "refiner": None}))
+        assert np.abs(np.asarray(plain.images[0]).astype(int) - np.asarray(result.images[0]).astype(int)).max() > 0

@@ -229,11 +229,15 @@ class Engine:
         model_name = _model_display_name(self.registry.name_of("checkpoints", model_path) or model_path.name)
         model_hash = self.model_hash(model_path)
         ckpt_name = self.registry.name_of("checkpoints", model_path) or model_path.name
+        refiner_name = None
+        if p.refiner:
+            rp = self.registry.find("checkpoints", p.refiner)
+            refiner_name = self.registry.name_of("checkpoints", rp) or rp.name
         lora_files = {r.name: self.registry.name_of("loras", self.registry.find("loras", r.name)) or r.name
                       for r in p.loras}
         a1111_text = self._needs_a1111_text(p, ckpt, clean_prompt, used_ti)
         return self._result(p, images, seeds, model_name, model_hash, lora_hashes, used_ti, ckpt_name, lora_files,
-                            a1111_text)
+                            a1111_text, refiner_name)
 
     def _total_steps(self, p: GenerationParams) -> int:
         first = p.steps  # img2img runs `steps` steps too (ComfyUI's denoise rule)
@@ -301,7 +305,7 @@ class Engine:
         return any(len(tok(t, add_special_tokens=False)["input_ids"]) > 75 for t in texts)
 
     def _result(self, p, images, seeds, model_name, model_hash, lora_hashes, used_ti, ckpt_name,
-                lora_files, a1111_text=False) -> GenerationResult:
+                lora_files, a1111_text=False, refiner_name=None) -> GenerationResult:
         from ..metadata.infotext import infotext_for
         from ..metadata.workflow import workflow_from_params
 
@@ -315,6 +319,7 @@ class Engine:
             single = replace(p, seed=s, batch_size=1)
             infotexts.append(infotext_for(single, seed=s, model_name=model_name, model_hash=model_hash, extra=extra))
             workflows.append(workflow_from_params(single, seed=s, model_name=model_name, ckpt_name=ckpt_name,
-                                                  lora_files=lora_files, a1111_text=a1111_text))
+                                                  lora_files=lora_files, a1111_text=a1111_text,
+                                                  refiner_ckpt_name=refiner_name))
         return GenerationResult(images=images, seeds=seeds, infotexts=infotexts, workflows=workflows, params=p,
                                 model_name=model_name, model_hash=model_hash, extra=extra)
