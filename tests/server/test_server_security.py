@@ -131,4 +131,8 @@ def test_size_limits(make_server) -> None:
            "height": 64, "steps": 2}
     r = requests.post(server.url + "/sdapi/v1/img2img", json=b64, timeout=30)
     assert r.status_code == 400 and "too large" in r.json()["detail"]
+    info = requests.post(server.url + "/sdapi/v1/png-info", json={"image": b64["init_images"][0]}, timeout=30)
+    assert info.status_code == 400 and "too large" in info.json()["detail"]
+    junk = requests.post(server.url + "/sdapi/v1/png-info", json={"image": "aGVsbG8="}, timeout=30)
+    assert junk.status_code == 400
     assert server.state.queue.remaining() == 0

@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from PIL import Image
 
 from .sdapi import SdapiError, build_job
 from .sdapi_models import (ErrorResponse, ExtrasSingleImageRequest, GenerationResponse, Img2ImgRequest,
@@ -331,13 +332,15 @@ def png_info(request: Request, req: PngInfoRequest) -> Any:
         return a1111_error(404, "Image not found")
     try:
         data = decode_base64(req.image, what="image", max_bytes=st.config.limits.max_body_bytes)
+        with Image.open(io.BytesIO(data)) as probe:  # header only: refuse bombs before anything decodes
+            w, h = probe.size
+        if w * h > st.config.limits.max_image_pixels:
+            return a1111_error(400, f"image is too large ({w}x{h} pixels)", "BadRequest")
         meta = read_image_metadata(data)
     except FileRequestError as ex:
         return a1111_error(ex.status, ex.message, "BadRequest")
-    except ImageMetadataError as ex:
-        return a1111_error(400, str(ex), "BadRequest")
-    if meta.width * meta.height > st.config.limits.max_image_pixels:
-        return a1111_error(400, "image too large", "BadRequest")
+    except (ImageMetadataError, OSError, ValueError) as ex:
+        return a1111_error(400, f"image is not readable: {ex}", "BadRequest")
     info = meta.parameters or ""
     items = {k: v for k, v in meta.text.items() if k != "parameters"}
     return {"info": info, "items": items, "parameters": dict(meta.infotext) if info else {}}
