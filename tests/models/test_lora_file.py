@@ -128,17 +128,18 @@ def test_malformed_pairs_raise():
 
 
 def test_lycoris_kinds_named_not_silently_dropped(caplog):
-    loha = {f"lora_unet_{Q}.hada_w1_a": torch.randn(8, 2), f"lora_unet_{Q}.hada_w1_b": torch.randn(2, 8),
-            f"lora_unet_{Q}.alpha": torch.tensor(2.0)}
-    with pytest.raises(LoraFormatError, match="LoHa is not supported"):
-        lora_from_state_dict(loha, "only_loha")
-    mixed = dict(loha)
+    # LoHa/LoKr/diff/norm are parsed (tests/models/test_lycoris*.py); OFT is still named, not applied.
+    oft = {f"lora_unet_{Q}.oft_blocks": torch.randn(4, 2, 2), f"lora_unet_{Q}.oft_rescale": torch.randn(8, 1),
+           f"lora_unet_{Q}.alpha": torch.tensor(2.0)}
+    with pytest.raises(LoraFormatError, match="OFT is not supported"):
+        lora_from_state_dict(oft, "only_oft")
+    mixed = dict(oft)
     k = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
     mixed.update({f"{k}.lora_down.weight": torch.randn(2, 32), f"{k}.lora_up.weight": torch.randn(32, 2)})
     with caplog.at_level(logging.WARNING):
         lf = lora_from_state_dict(mixed, "mixed")
     assert list(lf.patches) == [("te", "text_model_encoder_layers_0_self_attn_q_proj")]
-    assert len(lf.skipped) == 3 and all("LoHa" in v for v in lf.skipped.values())
+    assert len(lf.skipped) == 3 and all("OFT" in v for v in lf.skipped.values())
     assert "3 tensor(s) ignored" in caplog.text
 
 

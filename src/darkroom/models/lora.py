@@ -1,8 +1,10 @@
-"""LoRA: merge several kohya/A1111 or diffusers LoRAs into a loaded checkpoint's weights, and take them out again.
+"""LoRA: merge several kohya/A1111, LyCORIS or diffusers LoRAs into a loaded checkpoint's weights, and undo it.
 
-Patches are data (`LoraFile.patches`: per-module weight patches). `LoraPatcher` merges them in place,
-W' = W + Σ mult·(alpha/rank)·(up @ down), computed in float32 from a backup of the original weight and cast back,
-and `restore()` copies the backups back bit for bit. Nothing is monkey-patched; the modules' forward is unchanged.
+Patches are data (`LoraFile.patches`: per-module weight patches: LoRA/LoCon/DoRA `LowRankPatch`, LyCORIS
+`LoHaPatch`, `LoKrPatch`, `DiffPatch`). `LoraPatcher` merges them in place, e.g. for a LoRA
+W' = W + Σ mult·(alpha/rank)·(up @ down), computed in float32 from a backup of the original weight (and bias, for
+patches that change it) and cast back; `restore()` copies the backups back bit for bit. Nothing is monkey-patched;
+the modules' forward is unchanged.
 """
 
 from __future__ import annotations
@@ -26,9 +28,13 @@ from .lora_file import (
     lora_from_state_dict,
 )
 from .lora_keys import text_encoder_lora_names, unet_lora_names, unwrap
+from .lora_lycoris import DiffPatch, LoHaPatch, LoKrPatch
 
 __all__ = [
     "ApplyReport",
+    "DiffPatch",
+    "LoHaPatch",
+    "LoKrPatch",
     "LoraError",
     "LoraFile",
     "LoraFormatError",
@@ -88,8 +94,17 @@ class ApplyReport:
     changed: bool = True
 
 
+#: Suffix of a patcher slot naming a module's bias instead of its weight.
+_BIAS = "@bias"
+
+
 def _file_name(component: str, name: str) -> str:
     return f"lora_{component}_{name}"
+
+
+def _patches_weight(patch: WeightPatch) -> bool:
+    """False only for bias-only patches (a LyCORIS `diff_b`/`b_norm` without a weight part)."""
+    return bool(getattr(patch, "patches_weight", True))
 
 
 class LoraPatcher:
@@ -174,10 +189,19 @@ class LoraPatcher:
                     unmatched[_file_name(comp, name)] = "no such module in this model"
                     continue
                 slot = self._slot(comp, path)
-                shape = self._modules[slot].weight.shape
-                if not patch.fits(shape):
+                module = self._modules[slot]
+                shape = module.weight.shape
+                if _patches_weight(patch) and not patch.fits(shape):
                     unmatched[_file_name(comp, name)] = f"shape mismatch with model weight {tuple(shape)}"
                     continue
+                if getattr(patch, "patches_bias", False):
+                    bias = getattr(module, "bias", None)
+                    if not isinstance(bias, torch.nn.Parameter):
+                        unmatched[_file_name(comp, name)] = "patches a bias but the model module has none"
+                        continue
+                    if not patch.fits_bias(bias.shape):
+                        unmatched[_file_name(comp, name)] = f"shape mismatch with model bias {tuple(bias.shape)}"
+                        continue
                 targets.append((slot, (comp, name), comp != "unet"))
             m = LoraMatch(lora.name, targets, unmatched)
             if len(self._matches) >= 64:
@@ -230,7 +254,11 @@ class LoraPatcher:
                 for slot, key, is_te in m.targets:
                     mult = w.te if is_te else w.unet
                     if mult != 0.0:
-                        plan.setdefault(slot, []).append((w.lora.patches[key], mult))
+                        patch = w.lora.patches[key]
+                        if _patches_weight(patch):
+                            plan.setdefault(slot, []).append((patch, mult))
+                        if getattr(patch, "patches_bias", False):
+                            plan.setdefault(slot + _BIAS, []).append((patch, mult))
             try:
                 for slot in [s for s in self._backups if s not in plan]:
                     self._restore_slot(slot)
@@ -260,8 +288,14 @@ class LoraPatcher:
 
     @property
     def patched_slots(self) -> list[str]:
-        """Slots ("unet:<path>", "te<i>:<path>") whose weights currently differ from the checkpoint."""
+        """Slots ("unet:<path>", "te<i>:<path>"; "…@bias" for a bias) whose tensors differ from the checkpoint."""
         return list(self._backups)
+
+    def _param(self, slot: str) -> torch.nn.Parameter:
+        """The tensor a slot names: the module's weight, or its bias for a "…@bias" slot."""
+        if slot.endswith(_BIAS):
+            return self._modules[slot[: -len(_BIAS)]].bias
+        return self._modules[slot].weight
 
     def _restore_all(self) -> None:
         for slot in list(self._backups):
@@ -270,7 +304,7 @@ class LoraPatcher:
         self._report = ApplyReport(changed=True)
 
     def _restore_slot(self, slot: str) -> None:
-        weight = self._modules[slot].weight
+        weight = self._param(slot)
         backup = self._backups.pop(slot)
         if backup.dtype != weight.dtype:
             log.warning("LoRA restore: %s changed dtype %s → %s while patched; restoring with a cast",
@@ -279,7 +313,8 @@ class LoraPatcher:
             weight.copy_(backup)
 
     def _patch_slot(self, slot: str, patches: list[tuple[WeightPatch, float]]) -> None:
-        weight = self._modules[slot].weight
+        weight = self._param(slot)
+        is_bias = slot.endswith(_BIAS)
         backup = self._backups.get(slot)
         if backup is None:
             device = weight.device if self.backup_device is None else self.backup_device
@@ -287,7 +322,7 @@ class LoraPatcher:
             self._backups[slot] = backup
         w = backup.to(device=weight.device, dtype=torch.float32, copy=True)
         for patch, mult in patches:
-            w = patch.apply(w, mult)
+            w = patch.apply_bias(w, mult) if is_bias else patch.apply(w, mult)  # type: ignore[attr-defined]
         with torch.no_grad():
             weight.copy_(w.to(weight.dtype))
 

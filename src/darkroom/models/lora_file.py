@@ -1,4 +1,4 @@
-"""LoRA files: kohya/A1111 and diffusers/PEFT `.safetensors` parsed into per-module weight patches (data, not code)."""
+"""LoRA files: kohya/A1111/LyCORIS and diffusers/PEFT `.safetensors` parsed into per-module weight patches (data)."""
 
 from __future__ import annotations
 
@@ -21,20 +21,19 @@ COMPONENTS = ("unet", "te", "te1", "te2")
 #: ("unet", "down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q")).
 TargetKey = tuple[str, str]
 
-_KOHYA_PREFIXES = (("lora_unet_", "unet"), ("lora_te1_", "te1"), ("lora_te2_", "te2"), ("lora_te_", "te"))
+#: kohya/A1111/LyCORIS name prefixes → component. `lycoris_` is LyCORIS's own prefix for a UNet named by its
+#: diffusers module paths (SimpleTuner exports; ComfyUI maps it the same way).
+_KOHYA_PREFIXES = (("lora_unet_", "unet"), ("lora_te1_", "te1"), ("lora_te2_", "te2"), ("lora_te_", "te"),
+                   ("lycoris_", "unet"))
 
 #: Per-module tensor names of the plain LoRA / LoCon kind (kohya naming).
 _LORA_PARTS = {"lora_up.weight": "up", "lora_down.weight": "down", "lora_mid.weight": "mid", "alpha": "alpha",
                "dora_scale": "dora_scale"}
 
-#: First tensor-name prefix of LyCORIS kinds we recognise but cannot apply yet → human label.
+#: First tensor-name prefix of LyCORIS kinds we recognise but cannot apply yet → human label. (LoHa, LoKr, full
+#: diff and norm modules are parsed by `lora_lycoris`.)
 _LYCORIS_KINDS = {
-    "hada_": "LyCORIS LoHa",
-    "lokr_": "LyCORIS LoKr",
     "oft_": "OFT",
-    "diff": "LyCORIS full diff",
-    "w_norm": "LyCORIS norm",
-    "b_norm": "LyCORIS norm",
     "a1.weight": "GLoRA",
     "on_input": "LyCORIS IA3",
 }
@@ -74,6 +73,10 @@ class WeightPatch(Protocol):
 
     def apply(self, weight: torch.Tensor, multiplier: float) -> torch.Tensor:
         """The patched weight: `weight` (float32, on the compute device) with this patch at `multiplier`."""
+
+    # Optional, for kinds that also change the module's bias (LyCORIS `diff_b`, `b_norm`): `patches_bias: bool`,
+    # `fits_bias(bias_shape) -> bool`, `apply_bias(bias_f32, multiplier) -> Tensor`; and `patches_weight: bool`
+    # (False for a bias-only patch, so the weight is left alone). `LoraPatcher` looks these up with getattr.
 
 
 @dataclass(eq=False)
@@ -168,7 +171,7 @@ class LoraFile:
     format: str  # "kohya" | "diffusers"
     path: Path | None = None
     metadata: dict[str, str] = field(default_factory=dict)
-    #: file keys that were not turned into patches → reason (e.g. "LyCORIS LoHa is not supported yet").
+    #: file keys that were not turned into patches → reason (e.g. "LyCORIS IA3 is not supported yet").
     skipped: dict[str, str] = field(default_factory=dict)
     #: identity used by LoraPatcher to make repeated `apply` calls free (path+size+mtime, or a random id).
     fingerprint: str = ""
@@ -198,8 +201,9 @@ class LoraFile:
                                          for c, n in self.patches if c == "unet"):
             return "sdxl"
         for (c, n), p in self.patches.items():
-            if c == "te" and isinstance(p, LowRankPatch) and n.endswith("q_proj"):
-                return "sd2" if p.out_features == 1024 else "sd1" if p.out_features == 768 else None
+            out = getattr(p, "out_features", None)
+            if c == "te" and out is not None and n.endswith("q_proj"):
+                return "sd2" if out == 1024 else "sd1" if out == 768 else None
         return "sd1" if version.startswith("sd_v1") else None
 
     def summary(self) -> str:
@@ -301,8 +305,15 @@ def _make_patch(parts: dict[str, torch.Tensor], base: str, what: str) -> LowRank
 
 
 def _parse_kohya(sd: Mapping[str, torch.Tensor], what: str) -> tuple[dict[TargetKey, WeightPatch], dict[str, str]]:
-    """kohya/A1111 layout: `lora_{unet,te,te1,te2}_<module_path_with_underscores>.<part>`."""
+    """kohya/A1111/LyCORIS layout: `lora_{unet,te,te1,te2}_<module_path_with_underscores>.<part>`.
+
+    Parts are LoRA/LoCon (`lora_up.weight`, `lora_down.weight`, `lora_mid.weight`), LoHa (`hada_*`), LoKr (`lokr_*`),
+    full diffs (`diff`, `diff_b`) or norms (`w_norm`, `b_norm`), each with optional `alpha` and `dora_scale`.
+    """
+    from .lora_lycoris import LYCORIS_PARTS, make_lycoris_patch
+
     groups: dict[TargetKey, dict[str, torch.Tensor]] = {}
+    kinds: dict[TargetKey, set[str]] = {}
     bases: dict[TargetKey, str] = {}
     skipped: dict[str, str] = {}
     unsupported: dict[TargetKey, str] = {}
@@ -312,11 +323,18 @@ def _parse_kohya(sd: Mapping[str, torch.Tensor], what: str) -> tuple[dict[Target
         if comp is None:
             skipped[key] = "not a SD1/SD2/SDXL UNet or text-encoder key"
             continue
-        target = (comp, base[len(next(p for p, c in _KOHYA_PREFIXES if c == comp)):])
+        prefix = next(p for p in (p for p, _ in _KOHYA_PREFIXES) if base.startswith(p))
+        target = (comp, base[len(prefix):])
         bases[target] = base
         role = _LORA_PARTS.get(part)
         if role is not None:
             groups.setdefault(target, {})[role] = t
+            if role in ("up", "down", "mid"):
+                kinds.setdefault(target, set()).add("lora")
+            continue
+        if part in LYCORIS_PARTS:
+            groups.setdefault(target, {})[part] = t
+            kinds.setdefault(target, set()).add(LYCORIS_PARTS[part])
             continue
         kind = next((label for pre, label in _LYCORIS_KINDS.items() if part.startswith(pre)), None)
         unsupported[target] = f"{kind} is not supported yet" if kind else f"unknown tensor name .{part}"
@@ -324,10 +342,18 @@ def _parse_kohya(sd: Mapping[str, torch.Tensor], what: str) -> tuple[dict[Target
     for target, parts in groups.items():
         if target in unsupported:
             continue
-        if "up" not in parts and "down" not in parts:
+        found = kinds.get(target, set())
+        if not found:
             skipped.update({f"{bases[target]}.{p}": "alpha/scale without LoRA weights" for p in parts})
             continue
-        patches[target] = _make_patch(parts, bases[target], what)
+        if len(found) > 1:
+            raise LoraFormatError(f"{what}: {bases[target]} mixes tensors of several kinds "
+                                  f"({', '.join(sorted(found))}); one module can hold only one")
+        (kind,) = found
+        if kind == "lora":
+            patches[target] = _make_patch(parts, bases[target], what)
+        else:
+            patches[target] = make_lycoris_patch(kind, parts, bases[target], what)
     for target, reason in unsupported.items():
         prefix = bases[target] + "."
         skipped.update({k: reason for k in sd if k.startswith(prefix)})
