@@ -357,6 +357,15 @@ def graph_bridge(name: str) -> Response:
     return static_file(WEB_ROOT / "graph", name)
 
 
+@graph.get("/assets/images/{path:path}", include_in_schema=False)
+def graph_root_images(path: str) -> Response:
+    """The editor's progress favicons, which it asks for at the site root."""
+    root = frontend_root()
+    if root is None:
+        return JSONResponse({"error": "not found"}, status_code=404)
+    return static_file(root / "assets" / "images", path)
+
+
 @graph.get(GRAPH_PREFIX + "/templates/index.json", summary="Workflow templates (none are bundled)")
 def graph_templates_index() -> JSONResponse:
     return JSONResponse([])
@@ -395,8 +404,9 @@ def install(app: FastAPI) -> None:
     from . import routes_comfy, routes_studio, ws
 
     st = app.state.darkroom
-    app.state.darkroom_frontend = FrontendState(userdata=UserData(Path(st.config.data_dir) / "user"),
-                                                logs=log_buffer())
+    userdata = UserData(Path(st.config.data_dir) / "user")
+    (userdata.user_dir / "workflows").mkdir(parents=True, exist_ok=True)  # where the editor saves workflows
+    app.state.darkroom_frontend = FrontendState(userdata=userdata, logs=log_buffer())
     app.include_router(routes_studio.router)
     # before the ComfyUI routes under /graph/api, whose /extensions lists nothing
     app.add_api_route(GRAPH_PREFIX + "/api/extensions", graph_extensions, methods=["GET"],

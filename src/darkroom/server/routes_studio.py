@@ -173,6 +173,7 @@ def checkpoint_kind(path: Path) -> tuple[str, str | None]:
 
 
 def _options(st: ServerState) -> dict[str, Any]:
+    from .. import default_model
     from ..sampling.names import SAMPLER_NAMES, SCHEDULER_NAMES
 
     registry = st.engine.registry
@@ -180,7 +181,10 @@ def _options(st: ServerState) -> dict[str, Any]:
     checkpoints = []
     for name, path in registry.entries("checkpoints").items():
         label, family = checkpoint_kind(path)
-        checkpoints.append({"name": name, "label": label, "family": family, "builtin": path.resolve() in builtin})
+        is_builtin = path.resolve() in builtin
+        checkpoints.append({"name": name, "label": label, "family": family, "builtin": is_builtin,
+                            "native_size": default_model.NATIVE_SIZE if is_builtin and
+                            path.name == default_model.FILE_NAME else None})
     try:
         embeddings = sorted(st.engine.embeddings().names())
     except Exception:
