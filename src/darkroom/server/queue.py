@@ -66,12 +66,13 @@ class JobQueue:
         found: Job | None = None
         with self._cond:
             while not self._closed and found is None:
-                for job in self.store.pending():
-                    if self.store.mark_running(job.prompt_id):
+                job = self.store.first_pending()
+                if job is not None:
+                    if self.store.mark_running(job.prompt_id):  # False: deleted meanwhile, look again
                         job.status = "running"
                         found = job
-                        break
-                if found is None and not self._cond.wait(timeout):
+                    continue
+                if not self._cond.wait(timeout):
                     return None
             self._running = found
         if found is not None:
@@ -97,7 +98,7 @@ class JobQueue:
 
     def remaining(self) -> int:
         """Jobs pending or running (ComfyUI's `queue_remaining`)."""
-        return len(self.store.pending()) + (1 if self._running is not None else 0)
+        return self.store.count_pending() + (1 if self._running is not None else 0)
 
     def delete(self, prompt_ids: Iterable[str] | None = None) -> list[str]:
         """Remove pending jobs (all with None); returns their ids. Running ones are stopped with an interrupt."""

@@ -175,6 +175,15 @@ class JobStore:
         """Pending jobs in run order (number, then arrival)."""
         return self._select("status = 'pending'")
 
+    def first_pending(self) -> Job | None:
+        """The pending job that runs next."""
+        jobs = self._select("status = 'pending'", limit="LIMIT 1")
+        return jobs[0] if jobs else None
+
+    def count_pending(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'pending'").fetchone()[0])
+
     def running(self) -> list[Job]:
         return self._select("status = 'running'")
 
