@@ -193,8 +193,8 @@ class Worker:
                 if job.client_id:
                     self.hub.send("executing", {"node": None, "display_node": None, "prompt_id": job.prompt_id},
                                   job.client_id)
+                self.progress = Progress()  # idle before anyone hears the answer (A1111 clients poll /progress)
                 self._resolve(job, answer)
-                self.progress = Progress()
                 self.idle.set()
 
     def _resolve(self, job: Job, answer: Any) -> None:
