@@ -104,6 +104,14 @@ class Engine:
                     patcher.restore()
             return ckpt
 
+    def unload_all(self) -> None:
+        """Forget every loaded model (LoRA patches restored first), e.g. for ComfyUI's /free."""
+        with self._lock:
+            for patcher in self._patchers.values():
+                patcher.restore()
+            self._patchers.clear()
+            self._loaded.clear()
+
     def native_size(self, name: str | None) -> tuple[int, int]:
         """The model's training resolution (width, height): 512 for SD1.x, 768 for SD2-v, 1024 for SDXL …"""
         ckpt = self.load(name)

@@ -126,6 +126,19 @@ class HashCache:
             self._save()
         return value
 
+    def peek(self, path: Path | str, field: str = "sha256") -> str | None:
+        """The cached value if the cache already knows it for the file as it is now; never hashes."""
+        p = Path(path).resolve()
+        try:
+            st = p.stat()
+        except OSError:
+            return None
+        with self._lock:
+            entry = self._load().get(str(p))
+        if entry and entry.get("size") == st.st_size and entry.get("mtime") == st.st_mtime_ns:
+            return entry.get(field)
+        return None
+
     def sha256(self, path: Path | str) -> str:
         """Full SHA-256 of the file (cached)."""
         return self._get(path, "sha256", lambda p: _hash_file(p))

@@ -368,15 +368,7 @@ def _status_info(job: Job, outcome: RunOutcome) -> dict[str, Any]:
 def unload_models(engine: Any, executor: Any) -> None:
     """Drop loaded checkpoints and every cached node result that holds them."""
     executor.clear_cache()
-    unload = getattr(engine, "unload_all", None)
-    if callable(unload):
-        unload()
-        return
-    lock = getattr(engine, "_lock", None)
-    if lock is not None:  # the engine has no public unload yet (see the server report)
-        with lock:
-            getattr(engine, "_loaded", {}).clear()
-            getattr(engine, "_patchers", {}).clear()
+    engine.unload_all()
 
 
 def release_memory() -> None:
