@@ -124,6 +124,8 @@ EXPECTED: dict[str, tuple[list[tuple[str, str, dict]], list[str], bool]] = {
                      ("right", "INT", {"default": 0}), ("bottom", "INT", {"default": 0})], ["MASK"], False),
     "MaskToImage": ([("mask", "MASK", {})], ["IMAGE"], False),
     "ImageToMask": ([("image", "IMAGE", {}), ("channel", ["red", "green", "blue", "alpha"], {})], ["MASK"], False),
+    "UpscaleModelLoader": ([("model_name", COMBO, {})], ["UPSCALE_MODEL"], False),
+    "ImageUpscaleWithModel": ([("upscale_model", "UPSCALE_MODEL", {}), ("image", "IMAGE", {})], ["IMAGE"], False),
 }
 
 
@@ -134,7 +136,7 @@ DARKROOM_NODES = {"CLIPTextEncodeA1111"}
 def test_every_expected_node_is_registered_in_order():
     info = object_info(default_registry())
     assert set(info) == set(EXPECTED) | DARKROOM_NODES
-    assert len(NODE_CLASSES) == len(EXPECTED) + len(DARKROOM_NODES) == 46
+    assert len(NODE_CLASSES) == len(EXPECTED) + len(DARKROOM_NODES) == 48
     assert info["CLIPTextEncodeA1111"]["python_module"].startswith("darkroom_nodes")
 
 

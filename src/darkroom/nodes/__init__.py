@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..graph import Node, NodeRegistry
-from . import conditioning, image, latent, loaders, mask, sampling
+from . import conditioning, image, latent, loaders, mask, sampling, upscale
 from .refs import ClipRef, LoraUse, ModelRef, VaeRef
 from .services import FileChoices, MissingServiceError, default_executor, make_services, run_workflow
 
@@ -26,6 +26,7 @@ NODE_CLASSES: tuple[type[Node], ...] = (
     *latent.NODES,
     *image.NODES,
     *mask.NODES,
+    *upscale.NODES,
 )
 
 
