@@ -149,6 +149,35 @@ class Engine:
                 patcher = self._patchers[id(ckpt)] = LoraPatcher.for_checkpoint(ckpt)
             return patcher
 
+    def upscaler(self, name: str):
+        """A hires-fix upscale model from `upscale_models` (A1111 names too), float32 (the last one is cached)."""
+        from ..models.errors import ModelFileError
+        from ..upscale import find_upscaler, load_upscaler_by_name
+
+        try:
+            path = find_upscaler(self.registry, name)
+        except ModelFileError as e:
+            raise RequestError(f"unknown hires upscaler {name!r}: use Latent, Latent (nearest-exact), Latent "
+                               f"(bicubic), Lanczos, Nearest or an upscale model file ({e})") from None
+        st = path.stat()
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        with self._lock:
+            cached = getattr(self, "_upscaler", None)
+            if cached is None or cached[0] != key:
+                cached = (key, load_upscaler_by_name(self.registry, str(path), dtype=torch.float32,
+                                                     allow_unsafe_pickle=self.settings.allow_unsafe_pickle))
+                self._upscaler = cached
+            return cached[1]
+
+    def _upscaler_file(self, p: GenerationParams) -> str | None:
+        """The registry name of the hires upscale model (what UpscaleModelLoader lists), if one is used."""
+        up = p.hires.upscaler if p.hires is not None and p.init_image is None else "latent"
+        if up.lower().startswith("latent") or up.lower() in ("lanczos", "nearest"):
+            return None
+        from ..upscale import find_upscaler
+
+        return self.registry.name_of("upscale_models", find_upscaler(self.registry, up))
+
     def model_hash(self, path: Path) -> str | None:
         """A1111's short hash of a checkpoint file (cached); None for diffusers folders."""
         return None if path.is_dir() else self.registry.hashes.model_hash(path)
@@ -183,6 +212,9 @@ class Engine:
             raise RequestError(f"init image not found: {p.init_image}")
         if not 0.0 < p.refiner_switch <= 1.0:
             raise RequestError(f"refiner switch must be in (0, 1] (got {p.refiner_switch})")
+        up = p.hires.upscaler if p.hires is not None and p.init_image is None else "Latent"
+        if not up.lower().startswith("latent") and up.lower() not in ("lanczos", "nearest"):
+            self.upscaler(up)  # a missing or unreadable upscale model fails before the first pass, not after it
 
     def generate(self, params: GenerationParams, *, progress: ProgressCallback | None = None,
                  cancelled: Callable[[], bool] | None = None) -> GenerationResult:
@@ -245,7 +277,7 @@ class Engine:
                       for r in p.loras}
         a1111_text = self._needs_a1111_text(p, ckpt, clean_prompt, used_ti)
         return self._result(p, images, seeds, model_name, model_hash, lora_hashes, used_ti, ckpt_name, lora_files,
-                            a1111_text, refiner_name)
+                            a1111_text, refiner_name, self._upscaler_file(p))
 
     def _total_steps(self, p: GenerationParams) -> int:
         first = p.steps  # img2img runs `steps` steps too (ComfyUI's denoise rule)
@@ -290,10 +322,13 @@ class Engine:
             latent = pipeline.upscale_latent(latent, tw, th, method)
         else:
             method = {"nearest": "nearest-exact", "lanczos": "lanczos"}.get(up.lower())
-            if method is None:
-                raise RequestError(f"unknown hires upscaler {up!r}; use Latent, Latent (nearest-exact), "
-                                   "Latent (bicubic), Lanczos or Nearest")
-            latent = pipeline.encode(ckpt, _resize_image(pipeline.decode(ckpt, latent), tw, th, method))
+            image = pipeline.decode(ckpt, latent)  # (1, H, W, 3)
+            if method is None:  # an upscale model (ESRGAN …), then lanczos to the target size, as the workflow does
+                from ..upscale import upscale_image
+
+                image = upscale_image(self.upscaler(up).to(self.device), image)
+                method = "lanczos"
+            latent = pipeline.encode(ckpt, _resize_image(image, tw, th, method))
         return pipeline.ksample(ckpt, latent, positive, negative, steps=h.steps or p.steps, denoise=h.denoise,
                                 **common)
 
@@ -313,7 +348,7 @@ class Engine:
         return any(len(tok(t, add_special_tokens=False)["input_ids"]) > 75 for t in texts)
 
     def _result(self, p, images, seeds, model_name, model_hash, lora_hashes, used_ti, ckpt_name,
-                lora_files, a1111_text=False, refiner_name=None) -> GenerationResult:
+                lora_files, a1111_text=False, refiner_name=None, upscale_file=None) -> GenerationResult:
         from ..metadata.infotext import infotext_for
         from ..metadata.workflow import workflow_from_params
 
@@ -328,6 +363,7 @@ class Engine:
             infotexts.append(infotext_for(single, seed=s, model_name=model_name, model_hash=model_hash, extra=extra))
             workflows.append(workflow_from_params(single, seed=s, model_name=model_name, ckpt_name=ckpt_name,
                                                   lora_files=lora_files, a1111_text=a1111_text,
-                                                  refiner_ckpt_name=refiner_name))
+                                                  refiner_ckpt_name=refiner_name,
+                                                  upscale_model_name=upscale_file))
         return GenerationResult(images=images, seeds=seeds, infotexts=infotexts, workflows=workflows, params=p,
                                 model_name=model_name, model_hash=model_hash, extra=extra)
