@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install clean
+.PHONY: run test install clean browser
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "darkroom needs Python 3.11 ($(PYTHON) not found); set PYTHON=/path/to/python3.11"; exit 1; }
@@ -22,7 +22,11 @@ install: $(STAMP)
 run: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/darkroom serve
 
-test: $(STAMP)
+# Debian's chromium for the browser tests (tests/browser; skipped when it cannot be installed).
+browser:
+	@sh tests/browser/ensure-chromium.sh
+
+test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 $(PY) -m pytest -q
 
 clean:

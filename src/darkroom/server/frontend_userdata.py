@@ -19,10 +19,15 @@ from typing import Any
 DEFAULT_USER = "default"
 SETTINGS_FILE = "comfy.settings.json"
 #: Settings a fresh darkroom user starts with (stored values win): open onto the default graph rather than the
-#: template browser, and never ask the internet about new releases (darkroom is offline).
+#: template browser, never ask the internet about new releases (darkroom is offline), and ComfyUI's classic
+#: canvas navigation written out in full (frontend 1.27 otherwise fails while registering "NavigationMode", whose
+#: change handler sets these two before they exist).
 DEFAULT_SETTINGS: dict[str, Any] = {
     "Comfy.TutorialCompleted": True,
     "Comfy.Notification.ShowVersionUpdates": False,
+    "Comfy.Canvas.NavigationMode": "legacy",
+    "Comfy.Canvas.LeftMouseClickBehavior": "panning",
+    "Comfy.Canvas.MouseWheelScroll": "zoom",
 }
 
 

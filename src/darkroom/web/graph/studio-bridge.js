@@ -22,6 +22,12 @@ function take() {
 async function load(data) {
   try {
     await app.loadApiJson(data.workflow, data.name || "studio.json");
+    // the studio chose these seeds: keep them for the first run instead of randomizing after it
+    for (const node of app.graph.nodes) {
+      const control = node.widgets?.find((w) => w.name === "control_after_generate");
+      if (control) control.value = "fixed";
+    }
+    app.graph.setDirtyCanvas(true, true);
     document.title = `${data.name || "studio"} - darkroom`;
     window.__darkroomLoaded = (window.__darkroomLoaded || 0) + 1;
   } catch (err) {
@@ -29,10 +35,28 @@ async function load(data) {
   }
 }
 
+// Loader nodes the editor's model library maps model folders to. Frontend 1.27 fails to build any model loader
+// node (Load Checkpoint included) when one of these classes is unknown, so darkroom declares the ones it does not
+// offer as hidden placeholders: they never appear in search, and the server refuses them by name if queued.
+const MODEL_LOADERS = ["CheckpointLoaderSimple", "ImageOnlyCheckpointLoader", "LoraLoader", "LoraLoaderModelOnly",
+  "VAELoader", "ControlNetLoader", "UNETLoader", "UpscaleModelLoader", "StyleModelLoader", "GLIGENLoader"];
+
+function placeholder(name) {
+  return {
+    name, display_name: `${name} (not available in darkroom)`, category: "unavailable", python_module: "darkroom",
+    description: "darkroom does not offer this node yet; it is listed only so the editor's model library works.",
+    input: { required: {} }, input_order: { required: [] }, output: [], output_is_list: [], output_name: [],
+    output_node: false, deprecated: true,
+  };
+}
+
 const nextFrame = () => new Promise((r) => requestAnimationFrame(() => setTimeout(r, 50)));
 
 app.registerExtension({
   name: "darkroom.studioBridge",
+  async addCustomNodeDefs(defs) {
+    for (const name of MODEL_LOADERS) if (!(name in defs)) defs[name] = placeholder(name);
+  },
   async setup() {
     waiting = take();
     started = true;

@@ -54,6 +54,21 @@ export class CanvasEditor extends EventTarget {
     m.addEventListener("pointerup", (e) => this.#up(e));
     m.addEventListener("pointercancel", (e) => this.#up(e));
     m.addEventListener("contextmenu", (e) => e.preventDefault());
+    new ResizeObserver(() => this.fit()).observe(this.wrap);
+  }
+
+  /** Show the picture as large as the canvas area allows (small pictures are enlarged, up to 8×). */
+  fit() {
+    if (!this.hasImage) return;
+    const box = this.wrap.getBoundingClientRect();
+    if (!box.width) return; // the canvas tab is hidden
+    const scale = Math.min((box.width - 24) / this.width, Math.max(200, box.height - 24) / this.height, 8);
+    const w = `${Math.max(1, Math.floor(this.width * scale))}px`;
+    const h = `${Math.max(1, Math.floor(this.height * scale))}px`;
+    for (const c of [this.base, this.mask]) {
+      c.style.width = w;
+      c.style.height = h;
+    }
   }
 
   setTool(tool) {
@@ -202,6 +217,7 @@ export class CanvasEditor extends EventTarget {
   }
 
   #changed(what) {
+    this.fit();
     $("canvas-size").textContent = this.hasImage ? `${this.width} × ${this.height}` : "";
     this.dispatchEvent(new CustomEvent("change", { detail: { what, width: this.width, height: this.height } }));
   }
