@@ -18,6 +18,7 @@ from ..settings import Settings
 from . import pipeline
 from .vae import pil_to_tensor, tensor_to_pil
 from .params import GenerationParams, HiresParams, LoraRef
+from .tiling import circular_padding
 
 MAX_SEED = 2**32 - 1
 
@@ -242,7 +243,8 @@ class Engine:
             if p.init_image is not None:
                 init = pil_to_tensor(Image.open(p.init_image).convert("RGB"))  # (1, H, W, 3)
                 init = _resize_image(init, p.width, p.height, "lanczos")  # as the workflow's ImageScale
-                init_latent = pipeline.encode(ckpt, init)
+                with circular_padding(ckpt.vae, enabled=p.tiling):
+                    init_latent = pipeline.encode(ckpt, init)
             refiner = self.load(p.refiner) if p.refiner else None
             ref_conds = None
             if refiner is not None:
@@ -261,10 +263,12 @@ class Engine:
 
             for i in range(p.batch_size):
                 s = (seed + i) % (MAX_SEED + 1)
-                latent = self._one_image(ckpt, refiner, p, s, positive, negative, ref_conds, init_latent,
-                                         step_progress, cancelled)
                 final = refiner if refiner is not None else ckpt
-                images.extend(tensor_to_pil(pipeline.decode(final, latent)))
+                with circular_padding(ckpt.unet, ckpt.vae, *([refiner.unet, refiner.vae] if refiner else []),
+                                      enabled=p.tiling):  # seamless textures: restored after each image
+                    latent = self._one_image(ckpt, refiner, p, s, positive, negative, ref_conds, init_latent,
+                                             step_progress, cancelled)
+                    images.extend(tensor_to_pil(pipeline.decode(final, latent)))
                 seeds.append(s)
         model_name = _model_display_name(self.registry.name_of("checkpoints", model_path) or model_path.name)
         model_hash = self.model_hash(model_path)

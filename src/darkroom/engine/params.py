@@ -54,3 +54,4 @@ class GenerationParams:
     refiner_switch: float = 0.8  # fraction of steps after which the refiner takes over
     prompt_style: PromptStyle = "a1111"
     loras: list[LoraRef] = field(default_factory=list)  # filled from <lora:…> tags by the prompt parser
+    tiling: bool = False  # seamless texture: circular padding in the UNet and VAE convolutions (A1111 "Tiling")

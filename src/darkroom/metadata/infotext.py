@@ -259,6 +259,7 @@ def infotext_params(params: GenerationParams, *, seed: int, model_name: str | No
         "VAE": PurePath(params.vae.replace("\\", "/")).name if params.vae else None,
         "Denoising strength": _num(denoise) if denoise is not None else None,
         "Clip skip": params.clip_skip if params.clip_skip > 1 else None,
+        "Tiling": True if getattr(params, "tiling", False) else None,
     }
     slots: dict[str, object] = dict.fromkeys(_EXTRA_SLOTS)
     if hires is not None:
@@ -320,6 +321,7 @@ _RE_TITLE_HASH = re.compile(r"^(.*?)\s*\[[0-9a-fA-F]{8,64}\]$")
 _CONSUMED = {
     "Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model", "VAE", "Denoising strength",
     "Clip skip", "Hires upscale", "Hires resize", "Hires steps", "Hires upscaler", "Refiner", "Refiner switch at",
+    "Tiling",
 }
 
 
@@ -356,6 +358,7 @@ def params_from_infotext(text: str) -> tuple[GenerationParams, dict[str, Any]]:
         cfg=_float(res, "CFG scale", 7.0), seed=_int(res, "Seed", -1), width=_int(res, "Size-1", 512),
         height=_int(res, "Size-2", 512), clip_skip=_int(res, "Clip skip", 1), hires=hires, refiner=refiner,
         refiner_switch=_float(res, "Refiner switch at", 0.8), prompt_style="a1111",
+        tiling=str(res.get("Tiling", "")).strip().lower() == "true",
     )
     if has_denoise and hires is None:
         params = replace(params, denoise=_float(res, "Denoising strength", 1.0))
