@@ -79,7 +79,7 @@ def test_workflow_with_the_two_nodes_upscales_an_image(engine, tmp_path):
         run_workflow(bad, engine=engine, **_dirs(tmp_path / "b"))
 
 
-@pytest.mark.parametrize("upscaler", ["4x-Tiny", "RealESRGAN_x2plus.safetensors", "compact"])
+@pytest.mark.parametrize("upscaler", ["4x-Tiny", "RealESRGAN_x2plus.safetensors"])
 def test_engine_hires_with_a_model_upscaler_equals_its_workflow(engine, tmp_path, upscaler):
     params = GenerationParams(prompt="a circle", width=64, height=64, steps=2, cfg=5.0, seed=4,
                               hires=HiresParams(scale=1.5, steps=1, denoise=0.5, upscaler=upscaler))
