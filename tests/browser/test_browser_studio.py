@@ -281,3 +281,60 @@ def test_laptop_width_layout(browser: Any, studio: Any, shot: Any) -> None:
     assert boxes[".stage"]["width"] >= 500
     assert page.evaluate("document.documentElement.scrollWidth") <= 1280
     page.close()
+
+
+def test_outpaint_extends_the_canvas(browser: Any, studio: Any, shot: Any, tmp_path: Any) -> None:
+    y, x = np.mgrid[0:64, 0:64]
+    picture = np.stack([60 + 2 * x, 80 + 2 * y, np.full_like(x, 150)], -1).astype(np.uint8)
+    source = tmp_path / "outpaint.png"
+    Image.fromarray(picture).save(source)
+    page = open_studio(browser)
+    page.fill("#prompt", "a wide meadow")
+    page.fill("#steps", "6")
+    page.check("input[name=mode][value=img2img]")
+    page.set_input_files("#load-image", str(source))
+    page.wait_for_selector("#canvas-wrap.has-image")
+    page.select_option("#extend-by", "64")
+    page.click("#extend-right")
+    assert page.inner_text("#canvas-size") == "128 × 64"
+    assert (page.input_value("#width"), page.input_value("#height")) == ("128", "64")
+    assert page.is_checked("input[name=mode][value=inpaint]")
+    assert page.is_checked("input[name=masked_content][value=fill]")
+    assert page.input_value("#denoise") == "1"
+    shot(page, "extended-right")
+    page.click("#generate")
+    page.wait_for_selector("#output img.result:not(.preview)", timeout=60_000)
+    page.wait_for_function("document.getElementById('progress-text').textContent.startsWith('Done')")
+    shot(page, "outpainted")
+    result = fetch_png(browser.base, page.get_attribute("#output img.result", "src"))
+    assert result.shape == (64, 128, 3)
+    # a 16 px overlap and mask blur 4 reach back to about x = 36: the columns left of that stay the picture
+    assert np.abs(result[:, :28] - picture[:, :28].astype(np.int16)).max() <= 2
+    assert np.abs(result[:, 72:] - picture[:, 63:64].astype(np.int16)).mean() > 10
+    assert not browser.errors, browser.errors
+    page.close()
+
+
+def test_cancel_stops_a_running_job(browser: Any, studio: Any, shot: Any) -> None:
+    page = open_studio(browser)
+    before = requests.get(browser.base + "/studio/gallery", timeout=10).json()["total"]
+    page.fill("#prompt", "a very long job")
+    page.fill("#steps", "1000")
+    page.fill("#width", "64")
+    page.fill("#height", "64")
+    page.evaluate(WATCH_JS)
+    page.click("#generate")
+    page.wait_for_function("window.__seen.progress.some(t => t.startsWith('Step'))", timeout=60_000)
+    assert page.inner_text("#queue") == "queue 1"
+    assert page.is_enabled("#cancel")
+    shot(page, "running")
+    page.click("#cancel")
+    page.wait_for_function("document.getElementById('progress-text').textContent === 'Cancelled'", timeout=30_000)
+    page.wait_for_function("document.getElementById('queue').textContent === 'queue 0'")
+    assert not page.is_enabled("#cancel")
+    shot(page, "cancelled")
+    steps = [t for t in page.evaluate("window.__seen.progress") if t.startswith("Step")]
+    assert steps and not any(t.startswith("Step 1000") for t in steps)
+    assert requests.get(browser.base + "/studio/gallery", timeout=10).json()["total"] == before
+    assert not browser.errors, browser.errors
+    page.close()

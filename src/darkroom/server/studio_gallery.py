@@ -42,7 +42,8 @@ class GalleryItem:
         return {"filename": self.filename, "subfolder": self.subfolder, "type": "output", "mtime": self.mtime,
                 "prompt": self.prompt, "negative_prompt": self.negative, "source": self.source, "seed": self.seed,
                 "width": self.width, "height": self.height, "url": f"/view?{q}",
-                "thumb": f"/studio/thumb?{urlencode({'filename': self.filename, 'subfolder': self.subfolder})}"}
+                "thumb": "/studio/thumb?" + urlencode({"filename": self.filename, "subfolder": self.subfolder,
+                                                        "v": int(self.mtime * 1000)})}  # v: a new file, a new URL
 
 
 def summarize(path: Path) -> dict[str, Any]:
