@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--hires-steps", type=int, default=0, help="hires fix steps (0: same as --steps)")
     g.add_argument("--hires-denoise", type=float, default=0.7)
     g.add_argument("--hires-upscaler", default="Latent", help="Latent, Latent (nearest-exact), Latent (bicubic), "
-                   "Lanczos or Nearest")
+                   "Lanczos, Nearest or an upscale model in upscale_models/ (e.g. 4x-UltraSharp)")
+    g.add_argument("--tiling", action="store_true", help="seamless texture: the image wraps at its edges")
     g.add_argument("--refiner", help="SDXL refiner checkpoint to finish the image with")
     g.add_argument("--refiner-switch", type=float, default=0.8, help="fraction of steps before the refiner")
     g.add_argument("--prompt-style", choices=["a1111", "comfy"], default="a1111",

@@ -100,6 +100,7 @@ def cmd_generate(args: argparse.Namespace, settings_fn) -> int:
         hires=HiresParams(scale=args.hires_scale, steps=args.hires_steps, denoise=args.hires_denoise,
                           upscaler=args.hires_upscaler) if args.hires_scale else None,
         refiner=args.refiner, refiner_switch=args.refiner_switch, prompt_style=args.prompt_style,
+        tiling=getattr(args, "tiling", False),
     )
     engine.validate(params)
     bar = None
