@@ -112,6 +112,7 @@ class Engine:
                 patcher.restore()
             self._patchers.clear()
             self._loaded.clear()
+            self._upscaler = None
 
     def native_size(self, name: str | None) -> tuple[int, int]:
         """The model's training resolution (width, height): 512 for SD1.x, 768 for SD2-v, 1024 for SDXL …"""
