@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -120,6 +121,21 @@ def test_generate_progress_gallery_and_parameters(browser: Any, studio: Any, sho
     assert page.input_value("#seed") == "4242"
     assert page.input_value("#sampler") == "euler_ancestral"
     assert page.input_value("#scheduler") == "karras"
+
+    # download the file as it is on disk, then send the image to the inpaint canvas
+    thumb.click()
+    page.wait_for_function(f"document.getElementById('detail-prompt').textContent === {prompt!r}")
+    with page.expect_download() as download:
+        page.click("#detail-download")
+    name = page.locator("#gallery-grid .thumb").first.get_attribute("data-filename")
+    assert download.value.suggested_filename == name
+    assert Path(download.value.path()).read_bytes() == next(studio.output.rglob(name)).read_bytes()
+    page.click("#detail-inpaint")
+    page.wait_for_selector("#canvas-wrap.has-image")
+    assert page.is_checked("input[name=mode][value=inpaint]")
+    assert page.inner_text("#canvas-size") == "64 × 64"
+    shot(page, "sent-to-inpaint")
+    page.check("input[name=mode][value=txt2img]")
 
     # search by prompt text
     page.fill("#gallery-search", "lighthouse")
