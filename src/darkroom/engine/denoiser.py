@@ -31,7 +31,8 @@ class CondItem:
     sigma_end: float | None = None  # … and sigma >= sigma_end
     #: SDXL size conditioning: width, height, crop_w, crop_h, target_width, target_height, aesthetic_score (refiner).
     adm: dict[str, float] = field(default_factory=dict)
-    #: Extra per-item model inputs (e.g. ControlNet hints) — reserved for later layers.
+    #: Extra per-item model inputs. "control": control units (`darkroom.control.apply.AppliedControl`), each called
+    #: per UNet call on its rows and summed into the UNet's additional residuals (see `UNetDenoiser._control`).
     extra: dict[str, Any] = field(default_factory=dict)
 
     def with_(self, **kw) -> "CondItem":
@@ -139,11 +140,10 @@ class UNetDenoiser:
 
     # -- one UNet call over a batch of (x crop, cond item) pairs -------------------------------------------
     def _unet(self, x_in: torch.Tensor, sigma: torch.Tensor, items: list[CondItem], negs: list[bool],
-              concat: torch.Tensor | None, full_hw: tuple[int, int]) -> torch.Tensor:
-        """x_in (N, C, h, w) scaled latents; sigma (N,); one cond item per row → x0 (N, C, h, w) float32."""
+              concat: torch.Tensor | None, full_hw: tuple[int, int], batch: int = 1) -> torch.Tensor:
+        """x_in (N, C, h, w) scaled latents; sigma (N,); one cond item per row (row r is image r % batch)
+        → x0 (N, C, h, w) float32."""
         model_in = self.ms.calculate_input(sigma[:, None, None, None], x_in)
-        if concat is not None:
-            model_in = torch.cat([model_in, concat.to(model_in)], dim=1)
         t = self.ms.timestep(sigma).float()
         ctx_len = math.lcm(*{it.cross_attn.shape[1] for it in items})
         ctx = torch.cat([_pad_tokens(it.cross_attn, ctx_len) for it in items]).to(self.device, self.dtype)
@@ -157,9 +157,58 @@ class UNetDenoiser:
                 "text_embeds": pooled,
                 "time_ids": torch.tensor(ids, device=self.device, dtype=self.dtype),
             }
+        # Control models see the latent channels only (never an inpainting UNet's extra input channels).
+        kwargs.update(self._control(items, negs, model_in, sigma, t, ctx, kwargs.get("added_cond_kwargs"), batch))
+        if concat is not None:
+            model_in = torch.cat([model_in, concat.to(model_in)], dim=1)
         out = self.unet(model_in.to(self.device, self.dtype), t.to(self.device), encoder_hidden_states=ctx,
                         **kwargs).sample.float()
         return self.ms.calculate_denoised(sigma[:, None, None, None], out, x_in)
+
+    def _control(self, items: list[CondItem], negs: list[bool], model_in: torch.Tensor, sigma: torch.Tensor,
+                 t: torch.Tensor, ctx: torch.Tensor, added: dict[str, torch.Tensor] | None,
+                 batch: int) -> dict[str, Any]:
+        """The UNet's additional-residual arguments from the control units of the rows' items: each unit runs once
+        on the rows that carry it, and its outputs are summed into zero tensors at those rows."""
+        groups: dict[int, tuple[Any, list[int]]] = {}
+        for row, item in enumerate(items):
+            for unit in item.extra.get("control", ()):
+                groups.setdefault(id(unit), (unit, []))[1].append(row)
+        if not groups:
+            return {}
+        n = model_in.shape[0]
+        cond_rows = torch.tensor([not neg for neg in negs])
+        images = torch.arange(n) % max(1, batch)
+        sums: dict[str, list[torch.Tensor | None]] = {}
+        for unit, rows in groups.values():
+            idx = torch.tensor(rows)
+            sub_added = None if added is None else {k: v[idx.to(v.device)] for k, v in added.items()}
+            out = unit(model_in[idx], t[idx], float(sigma[0]), ctx[idx.to(ctx.device)], sub_added, images[idx],
+                       cond_rows[idx], self.ms)
+            if out is None:
+                continue
+            for name, parts in (("down", out.down), ("mid", None if out.mid is None else [out.mid]),
+                                ("intrablock", out.intrablock)):
+                if parts is None:
+                    continue
+                acc = sums.setdefault(name, [None] * len(parts))
+                if len(acc) != len(parts):
+                    raise ValueError(f"control units disagree on the number of {name} residuals "
+                                     f"({len(acc)} vs {len(parts)}): they are made for different model families")
+                for i, part in enumerate(parts):
+                    part = part.to(self.device, torch.float32)
+                    if acc[i] is None:
+                        acc[i] = torch.zeros((n, *part.shape[1:]), device=self.device)
+                    acc[i] = acc[i].index_add(0, idx.to(self.device), part)
+        kwargs: dict[str, Any] = {}
+        if "down" in sums or "mid" in sums:
+            if "down" not in sums or "mid" not in sums:
+                raise ValueError("a ControlNet unit gave down residuals without a mid residual (or the reverse)")
+            kwargs["down_block_additional_residuals"] = tuple(r.to(self.dtype) for r in sums["down"])
+            kwargs["mid_block_additional_residual"] = sums["mid"][0].to(self.dtype)
+        if "intrablock" in sums:  # diffusers pops from this list: a fresh one per call
+            kwargs["down_intrablock_additional_residuals"] = [r.to(self.dtype) for r in sums["intrablock"]]
+        return kwargs
 
     def _calc(self, x: torch.Tensor, sigma: torch.Tensor, sides: list[list[CondItem]]) -> list[torch.Tensor]:
         """ComfyUI's calc_cond_batch: each side's x0 prediction, blending area/mask items by their weights."""
@@ -186,7 +235,7 @@ class UNetDenoiser:
             negs = [side_i == 1 for side_i, _, _ in group for _ in range(B)]
             cc = None if concat is None else concat.to(x).expand(B, -1, -1, -1).repeat(n, 1, 1, 1)
             x0 = self._unet(x_in, sigma.repeat(n), [i.with_(cross_attn=i.cross_attn[:1]) for i in items], negs, cc,
-                            (x.shape[2], x.shape[3]))
+                            (x.shape[2], x.shape[3]), B)
             for k, (side_i, _, mult) in enumerate(group):
                 part = x0[k * B : (k + 1) * B]
                 outs[side_i][:, :, ay : ay + ah, ax : ax + aw] += part * mult
