@@ -50,8 +50,8 @@ function newClientId() {
 export class ServerEvents extends EventTarget {
   constructor() {
     super();
-    this.clientId = sessionStorage.getItem("darkroom.clientId") || newClientId();
-    sessionStorage.setItem("darkroom.clientId", this.clientId);
+    // one id per page: reconnects keep it, a second tab (even a duplicated one) gets its own
+    this.clientId = newClientId();
     this.socket = null;
     this.connected = false;
     this.retry = 500;

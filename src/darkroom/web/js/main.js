@@ -179,10 +179,17 @@ async function finished(id) {
   gallery.refresh().catch(() => {});
 }
 
+let queueLength = 0;
+let galleryTimer = null;
 events.addEventListener("status", (e) => {
   const n = e.detail?.status?.exec_info?.queue_remaining ?? 0;
   $("queue").textContent = `queue ${n}`;
   $("queue").classList.toggle("active", n > 0);
+  if (n < queueLength) { // a job finished somewhere (maybe in the node editor): its images join the gallery
+    clearTimeout(galleryTimer);
+    galleryTimer = setTimeout(() => gallery.refresh().catch(() => {}), 300);
+  }
+  queueLength = n;
 });
 events.addEventListener("execution_start", (e) => {
   const job = jobs.get(e.detail.prompt_id);
