@@ -411,10 +411,10 @@ def install(app: FastAPI) -> None:
     # before the ComfyUI routes under /graph/api, whose /extensions lists nothing
     app.add_api_route(GRAPH_PREFIX + "/api/extensions", graph_extensions, methods=["GET"],
                       summary="Extension scripts the editor loads (darkroom's bridge)")
-    for prefix in ("", "/api", GRAPH_PREFIX + "/api"):
-        app.include_router(api, prefix=prefix)
+    for prefix in ("", "/api", GRAPH_PREFIX + "/api"):  # the /graph copies stay out of the API docs
+        app.include_router(api, prefix=prefix, include_in_schema=not prefix.startswith(GRAPH_PREFIX))
     for prefix in ("/internal", GRAPH_PREFIX + "/internal"):
-        app.include_router(internal, prefix=prefix)
+        app.include_router(internal, prefix=prefix, include_in_schema=not prefix.startswith(GRAPH_PREFIX))
     app.include_router(routes_comfy.router, prefix=GRAPH_PREFIX + "/api", include_in_schema=False)
     app.include_router(ws.router, prefix=GRAPH_PREFIX)
     app.include_router(graph)
