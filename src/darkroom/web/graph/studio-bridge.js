@@ -1,11 +1,12 @@
 // darkroom: the node editor's side of the studio's "Open as workflow".
-// The studio page leaves {workflow (API format), name} under localStorage[KEY] and opens /graph/. This extension
-// loads it once the editor has restored its previous graph; an editor already open in another tab loads it at once.
+// The studio page leaves {workflow (API format), name, at} under localStorage[KEY] and opens /graph/ in a new tab;
+// the editor starting there takes it (an hour-old one is ignored) and loads it once its previous graph is restored.
+// Editors already open elsewhere leave it alone, so the workflow always appears in the tab the studio opened.
 import { app } from "../../scripts/app.js";
 
 const KEY = "darkroom.openWorkflow";
+const MAX_AGE_MS = 60 * 60 * 1000;
 let waiting = null; // a workflow found at start-up, loaded after the first graph is configured
-let started = false;
 
 function take() {
   const raw = localStorage.getItem(KEY);
@@ -13,7 +14,8 @@ function take() {
   localStorage.removeItem(KEY);
   try {
     const data = JSON.parse(raw);
-    return data && typeof data.workflow === "object" ? data : null;
+    if (!data || typeof data.workflow !== "object" || !(Date.now() - (data.at || 0) < MAX_AGE_MS)) return null;
+    return data;
   } catch {
     return null;
   }
@@ -59,7 +61,8 @@ app.registerExtension({
   },
   async setup() {
     waiting = take();
-    started = true;
+    // an editor that restores nothing (workflow persistence off) never configures a graph: load it anyway
+    if (waiting) setTimeout(() => { if (waiting) { const data = waiting; waiting = null; load(data); } }, 5000);
   },
   async afterConfigureGraph() {
     if (!waiting) return;
@@ -68,10 +71,4 @@ app.registerExtension({
     // let the editor finish registering the graph it is loading, then replace it
     nextFrame().then(() => load(data));
   },
-});
-
-window.addEventListener("storage", (event) => {
-  if (event.key !== KEY || !event.newValue || !started) return;
-  const data = take();
-  if (data) load(data);
 });

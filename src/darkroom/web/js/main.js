@@ -314,7 +314,7 @@ function setupDrops() {
 }
 
 async function openAsWorkflow(workflow, name) {
-  localStorage.setItem(OPEN_WORKFLOW_KEY, JSON.stringify({ workflow, name }));
+  localStorage.setItem(OPEN_WORKFLOW_KEY, JSON.stringify({ workflow, name, at: Date.now() }));
   window.open("/graph/", "_blank", "noopener");
 }
 
