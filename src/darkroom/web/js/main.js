@@ -141,7 +141,8 @@ async function cancel() {
   if (!mine.length) return;
   const pending = mine.filter((id) => id !== running);
   if (pending.length) await postJSON("/queue", { delete: pending });
-  if (running) await postJSON("/interrupt", { prompt_id: running });
+  // interrupt by id: only the one actually running stops (it may have started before its first event arrived)
+  await Promise.all(mine.map((id) => postJSON("/interrupt", { prompt_id: id })));
   for (const id of pending) finish(id, "cancelled");
   setProgress(0, "Cancelling…");
 }
