@@ -80,6 +80,7 @@ def test_options_list_models_with_family(make_client) -> None:
     h = c.get("/studio/model-hash?name=tiny-sd15.safetensors").json()["hash"]
     assert len(h) == 10 and int(h, 16) >= 0
     assert c.get("/studio/model-hash?name=nope").status_code == 404
+    assert c.get(f"/studio/model-hash?name={__file__}").status_code == 404  # only installed models, no paths
 
 
 def test_png_info_reads_a1111_comfy_and_plain_images(make_client) -> None:
@@ -116,6 +117,9 @@ def test_generate_checks_requests_by_field(make_client) -> None:
         return r.status_code, j.get("field"), j.get("error") or ""
 
     assert err({"model": "nope.safetensors"})[:2] == (400, "model")
+    assert err({"model": __file__})[:2] == (400, "model")
+    assert c.post("/studio/generate", json={"prompt": "x", "model": "tiny-sd15", "steps": 0}).json()["field"] == \
+        "steps"  # the stem names the installed file
     assert err({"mode": "img2img"})[:2] == (400, "init_image")
     img = "data:image/png;base64," + __import__("base64").b64encode(png()).decode()
     assert err({"mode": "inpaint", "init_image": img})[:2] == (400, "mask")

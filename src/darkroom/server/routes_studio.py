@@ -99,15 +99,24 @@ def a1111_request(p: StudioParams) -> Any:
     return Img2ImgRequest(**common, **extra)
 
 
+def listed_checkpoint(registry: Any, name: str) -> Path | None:
+    """The file of an installed checkpoint (by name, stem or A1111 title); None for anything else, paths included."""
+    try:
+        path = registry.find("checkpoints", name)
+    except Exception:
+        return None
+    builtin = {p.resolve() for p in registry.builtin_checkpoints if p.exists()}
+    if registry.name_of("checkpoints", path) is None and path.resolve() not in builtin:
+        return None
+    return path
+
+
 def translate(st: ServerState, p: StudioParams) -> Any:
     """Check and translate the settings into an A1111-kind job payload (raises StudioError)."""
     from .sdapi import SdapiError, build_job
 
-    if p.model:
-        try:
-            st.engine.registry.find("checkpoints", p.model)
-        except Exception:
-            raise StudioError(f"no checkpoint named {p.model!r}; pick one from the list", "model") from None
+    if p.model and listed_checkpoint(st.engine.registry, p.model) is None:
+        raise StudioError(f"no checkpoint named {p.model!r} is installed; pick one from the list", "model")
     try:
         return build_job(a1111_request(p), st.sdapi_context())
     except SdapiError as ex:
@@ -209,10 +218,9 @@ async def options(request: Request) -> dict[str, Any]:
 @router.get("/model-hash", summary="A checkpoint's A1111 short hash (computed once, then cached)")
 async def model_hash(request: Request, name: str = Query(...)) -> Any:
     registry = state_of(request).engine.registry
-    try:
-        path = registry.find("checkpoints", name)
-    except Exception:
-        return _error(f"no checkpoint named {name!r}", "model", 404)
+    path = listed_checkpoint(registry, name)
+    if path is None:
+        return _error(f"no checkpoint named {name!r} is installed", "model", 404)
     if path.is_dir():
         return {"name": name, "hash": None}
     return {"name": name, "hash": await run_in_threadpool(registry.hashes.model_hash, path)}
