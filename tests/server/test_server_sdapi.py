@@ -115,7 +115,7 @@ def test_plain_img2img_and_errors(shared_server) -> None:
                                                       "height": 64}, timeout=30)
     assert bad_lora.status_code == 400 and "nope" in bad_lora.json()["detail"]
     extras = requests.post(base + "/extra-single-image", json={"image": ""}, timeout=30)
-    assert extras.status_code == 501 and "not available" in extras.json()["detail"]
+    assert extras.status_code == 400 and "image" in extras.json()["detail"]
 
 
 def test_lora_hires_styles(shared_server) -> None:

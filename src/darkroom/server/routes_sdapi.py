@@ -19,11 +19,13 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 
 from .sdapi import SdapiError, build_job
-from .sdapi_models import (ErrorResponse, ExtrasSingleImageRequest, GenerationResponse, Img2ImgRequest,
+from .sdapi_models import (ErrorResponse, ExtrasBaseRequest, ExtrasBatchImagesRequest, ExtrasBatchImagesResponse,
+                           ExtrasSingleImageRequest, ExtrasSingleImageResponse, GenerationResponse, Img2ImgRequest,
                            PngInfoRequest, PngInfoResponse, ProgressResponse, SamplerItem, SchedulerItem, SdModel,
                            Txt2ImgRequest, UpscalerItem)
-from .sdapi_options import IMAGE_UPSCALER_ROWS, OptionError, cached_sha256, checkpoint_title
+from .sdapi_options import OptionError, cached_sha256, checkpoint_title
 from .state import ServerState, state_of
+from .store import Job
 
 router = APIRouter(prefix="/sdapi/v1", tags=["a1111"])
 _ERRORS = {400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 500: {"model": ErrorResponse}}
@@ -161,9 +163,12 @@ def schedulers() -> list[dict[str, Any]]:
              "need_inner_model": False} for s in A1111_SCHEDULES]
 
 
-@router.get("/upscalers", response_model=list[UpscalerItem], summary="Image upscalers usable for hires fix")
-def upscalers() -> list[dict[str, Any]]:
-    return list(IMAGE_UPSCALER_ROWS)
+@router.get("/upscalers", response_model=list[UpscalerItem],
+            summary="Image upscalers (extras and hires fix): None, Lanczos, Nearest and the upscale model files")
+def upscalers(request: Request) -> list[dict[str, Any]]:
+    from .sdapi_extras import upscaler_rows
+
+    return upscaler_rows(state_of(request).engine.registry)
 
 
 @router.get("/latent-upscale-modes", summary="Latent upscale modes for hires fix")
@@ -219,9 +224,12 @@ def face_restorers() -> list[Any]:
     return []
 
 
-@router.get("/realesrgan-models", summary="Real-ESRGAN models (none yet)")
-def realesrgan_models() -> list[Any]:
-    return []
+@router.get("/realesrgan-models", summary="Real-ESRGAN models installed under A1111's names (R-ESRGAN 4x+ …)")
+def realesrgan_models(request: Request) -> list[dict[str, Any]]:
+    from .sdapi_extras import upscaler_rows
+
+    return [{"name": r["name"], "path": r["model_path"], "scale": r["scale"]}
+            for r in upscaler_rows(state_of(request).engine.registry) if r["name"].startswith("R-ESRGAN")]
 
 
 @router.get("/prompt-styles", summary="Styles from styles.csv in the data folder")
@@ -346,18 +354,50 @@ def png_info(request: Request, req: PngInfoRequest) -> Any:
     return {"info": info, "items": items, "parameters": dict(meta.infotext) if info else {}}
 
 
-@router.post("/extra-single-image", responses={501: {"model": ErrorResponse}},
-             summary="Upscale one image (not available until upscalers exist)")
-def extra_single_image(req: ExtrasSingleImageRequest) -> Any:
-    return a1111_error(501, "extras (upscaling, face restoration) are not available in darkroom yet",
-                       "NotImplemented")
+async def _extras(request: Request, req: ExtrasBaseRequest, images: list[str]) -> Any:
+    """Translate, queue on the worker and await an extras job; answers {images, html_info} or A1111's error."""
+    from .sdapi_extras import assemble_extras, build_extras_job
+
+    st = state_of(request)
+    try:
+        translated = await run_in_threadpool(build_extras_job, req, images, st.sdapi_context())
+    except SdapiError as ex:
+        return a1111_error(ex.status, ex.message, "BadRequest" if ex.status == 400 else "HTTPException")
+    prompt_id = str(uuid.uuid4())
+    if not translated.payload["run_workflows"]:  # upscaler_1 "None": the images come back as they are
+        job = Job(prompt_id=prompt_id, number=0, prompt={}, kind="sdapi", payload=translated.payload)
+        return await run_in_threadpool(assemble_extras, job, [], folders=st.folders)
+    outputs = [nid for plan in translated.payload["images"] for nid in plan["outputs"]]
+    future = st.worker.wait_for(prompt_id, asyncio.get_running_loop())
+    try:
+        st.queue.submit(translated.listing_prompt, extra_data={}, outputs_to_execute=sorted(set(outputs)),
+                        kind="sdapi", payload=translated.payload, prompt_id=prompt_id)
+    except ValueError as ex:
+        st.worker.forget(prompt_id, future)
+        return a1111_error(400, str(ex), "BadRequest")
+    done, answer = await future
+    if answer is None or done.status == "error" or not answer.get("count"):
+        status = 409 if done.status in ("cancelled", "interrupted") else 500
+        return a1111_error(status, done.error or "upscaling failed", "RuntimeError")
+    return answer
 
 
-@router.post("/extra-batch-images", responses={501: {"model": ErrorResponse}},
-             summary="Upscale images (not available until upscalers exist)")
-def extra_batch_images() -> Any:
-    return a1111_error(501, "extras (upscaling, face restoration) are not available in darkroom yet",
-                       "NotImplemented")
+@router.post("/extra-single-image", response_model=ExtrasSingleImageResponse, responses=_ERRORS,
+             summary="Upscale one image (upscaler_1, optionally blended with upscaler_2)")
+async def extra_single_image(request: Request, req: ExtrasSingleImageRequest) -> Any:
+    answer = await _extras(request, req, [req.image])
+    if isinstance(answer, JSONResponse):
+        return answer
+    return {"html_info": answer["html_info"], "image": answer["images"][0]}
+
+
+@router.post("/extra-batch-images", response_model=ExtrasBatchImagesResponse, responses=_ERRORS,
+             summary="Upscale several images with the same settings")
+async def extra_batch_images(request: Request, req: ExtrasBatchImagesRequest) -> Any:
+    answer = await _extras(request, req, [f.data for f in req.imageList])
+    if isinstance(answer, JSONResponse):
+        return answer
+    return {"html_info": answer["html_info"], "images": answer["images"]}
 
 
 @router.post("/interrogate", responses={501: {"model": ErrorResponse}}, summary="Caption an image (not available)")

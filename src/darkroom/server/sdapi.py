@@ -418,11 +418,20 @@ def build_job(req: ProcessingBase, ctx: SdapiContext) -> SdapiJob:
         lora_files[net.name] = resolve_model(ctx.models, "loras", net.name, "prompt")
 
     hires = None
+    upscale_file = None  # hires fix with an upscale model: its file, as UpscaleModelLoader names it
     if mode == "txt2img" and req.enable_hr:  # type: ignore[union-attr]
         up = req.hr_upscaler or "Latent"  # type: ignore[union-attr]
         if up not in LATENT_UPSCALERS + IMAGE_UPSCALERS:
-            raise _bad(f"unknown hr_upscaler {up!r}; available: {', '.join(LATENT_UPSCALERS + IMAGE_UPSCALERS)}",
-                       "hr_upscaler")
+            from .sdapi_extras import listing_names, resolve_upscaler
+
+            try:
+                model_up = resolve_upscaler(ctx.models, up, "hr_upscaler")
+            except SdapiError:
+                model_up = None
+            if model_up is None or model_up.model is None:
+                names = (*LATENT_UPSCALERS, *IMAGE_UPSCALERS, *listing_names(ctx.models))
+                raise _bad(f"unknown hr_upscaler {up!r}; available: {', '.join(names)}", "hr_upscaler")
+            up, upscale_file = model_up.label, model_up.model
         rx, ry = req.hr_resize_x, req.hr_resize_y  # type: ignore[union-attr]
         if rx and not ry:
             ry = rx * req.height // req.width // 8 * 8
@@ -479,7 +488,8 @@ def build_job(req: ProcessingBase, ctx: SdapiContext) -> SdapiJob:
         init = prep.init_names[i] if prep.init_names else None
         p = replace(params, seed=s, init_image=Path(init) if init else None)
         wf = workflow_from_params(p, seed=s, ckpt_name=ckpt, lora_files=lora_files, init_image_name=init,
-                                  refiner_ckpt_name=refiner_name, filename_prefix="darkroom", a1111_text=a1111_text)
+                                  refiner_ckpt_name=refiner_name, upscale_model_name=upscale_file,
+                                  filename_prefix="darkroom", a1111_text=a1111_text)
         if init and isinstance(req, Img2ImgRequest):
             if prep.mask_name:
                 add_inpaint_nodes(wf, prep, i)

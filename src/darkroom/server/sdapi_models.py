@@ -6,7 +6,7 @@ with a clear 400 when they ask for something other than their default.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -179,7 +179,42 @@ class ErrorResponse(BaseModel):
     errors: str = ""
 
 
-class ExtrasSingleImageRequest(_Request):
-    image: str = ""
-    upscaler_1: str = "None"
-    upscaling_resize: float = 2.0
+class ExtrasBaseRequest(_Request):
+    """A1111's extras options (modules/api/models.py); face restoration is refused when asked for (> 0)."""
+
+    resize_mode: Literal[0, 1] = Field(0, description="0: scale by upscaling_resize; 1: to upscaling_resize_w × _h")
+    show_extras_results: bool = Field(True, description="Accepted; the API always returns the images (as A1111)")
+    gfpgan_visibility: float = Field(0, ge=0, le=1, allow_inf_nan=False)
+    codeformer_visibility: float = Field(0, ge=0, le=1, allow_inf_nan=False)
+    codeformer_weight: float = Field(0, ge=0, le=1, allow_inf_nan=False)
+    upscaling_resize: float = Field(2, ge=1, le=8, description="Scale factor (resize_mode 0)")
+    upscaling_resize_w: int = Field(512, ge=1, description="Target width (resize_mode 1)")
+    upscaling_resize_h: int = Field(512, ge=1, description="Target height (resize_mode 1)")
+    upscaling_crop: bool = Field(True, description="resize_mode 1: crop to the target size (centred)")
+    upscaler_1: str = Field("None", description="Main upscaler: a name from GET /sdapi/v1/upscalers")
+    upscaler_2: str = Field("None", description="Secondary upscaler, blended in by extras_upscaler_2_visibility")
+    extras_upscaler_2_visibility: float = Field(0, ge=0, le=1, allow_inf_nan=False)
+    upscale_first: bool = Field(False, description="Accepted (order against face restoration, which is absent)")
+
+
+class ExtrasSingleImageRequest(ExtrasBaseRequest):
+    image: str = Field("", description="The image, base64 (or a data: URL)")
+
+
+class FileData(BaseModel):
+    data: str = Field(description="Base64 of the file")
+    name: str = Field("", description="File name")
+
+
+class ExtrasBatchImagesRequest(ExtrasBaseRequest):
+    imageList: list[FileData] = Field(default_factory=list, description="Images to process, base64")  # noqa: N815
+
+
+class ExtrasSingleImageResponse(BaseModel):
+    html_info: str
+    image: str | None = None
+
+
+class ExtrasBatchImagesResponse(BaseModel):
+    html_info: str
+    images: list[str]

@@ -205,10 +205,3 @@ class StyleBook:
             negative = self._merge(style["negative_prompt"], negative)
         return prompt, negative
 
-
-#: `/sdapi/v1/upscalers`: the image upscalers hires fix can use (model upscalers come with the upscale nodes).
-IMAGE_UPSCALER_ROWS: tuple[dict[str, Any], ...] = (
-    {"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 4},
-    {"name": "Lanczos", "model_name": None, "model_path": None, "model_url": None, "scale": 4},
-    {"name": "Nearest", "model_name": None, "model_path": None, "model_url": None, "scale": 4},
-)

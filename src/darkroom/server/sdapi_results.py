@@ -44,6 +44,10 @@ def assemble(job: Job, results: list[tuple[int, Any]], *, engine: Any, folders: 
     from ..metadata.png import write_png
 
     p = job.payload or {}
+    if p.get("mode") == "extras":  # /extra-single-image, /extra-batch-images
+        from .sdapi_extras import assemble_extras
+
+        return assemble_extras(job, results, folders=folders, waited=waited)
     params = params_from_dict(p["params"])
     models = engine.registry
     try:
