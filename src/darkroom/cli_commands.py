@@ -120,7 +120,7 @@ def cmd_generate(args: argparse.Namespace, settings_fn) -> int:
     finally:
         if bar is not None:
             bar.close()
-    paths = _output_paths(args, settings.output_dir, result.seeds)
+    paths = _output_paths(args, settings.resolved_output_dir, result.seeds)
     auto_named = args.output is None or args.output.is_dir()
     for image, info, workflow, path in zip(result.images, result.infotexts, result.workflows, paths):
         written = write_png(image, path, parameters=info, prompt=workflow, on_exists="next" if auto_named else "error")
@@ -189,8 +189,8 @@ def cmd_run(args: argparse.Namespace, settings_fn) -> int:
     params = GenerationParams(prompt="a red circle at the top left on a blue background", width=w, height=h,
                               steps=20, cfg=5.0, seed=1, sampler="euler", scheduler="normal")
     result = engine.generate(params)
-    settings.output_dir.mkdir(parents=True, exist_ok=True)
-    path = next_free_path(settings.output_dir, seed=result.seeds[0])
+    settings.resolved_output_dir.mkdir(parents=True, exist_ok=True)
+    path = next_free_path(settings.resolved_output_dir, seed=result.seeds[0])
     path = write_png(result.images[0], path, parameters=result.infotexts[0], prompt=result.workflows[0],
                      on_exists="next")
     print(f"darkroom: model {result.model_name}; sample image written to {path}")
@@ -207,8 +207,7 @@ def cmd_serve(args: argparse.Namespace, settings_fn) -> int:
     settings = settings_fn(args)
     if args.data_dir is not None:
         settings = settings.model_copy(update={"data_dir": args.data_dir})
-    output_dir = args.output_dir or (Path(os.environ["DARKROOM_OUTPUT_DIR"]) if os.environ.get("DARKROOM_OUTPUT_DIR")
-                                     else None)
+    output_dir = settings.output_dir  # None: <data_dir>/output
     host = args.listen or args.host or "127.0.0.1"
     config = ServerConfig(host=host, port=args.port, token=args.token or os.environ.get("DARKROOM_TOKEN") or None,
                           data_dir=Path(settings.data_dir), output_dir=output_dir,
@@ -221,6 +220,7 @@ def cmd_serve(args: argparse.Namespace, settings_fn) -> int:
         raise CLIError(str(e)) from None
     from .server.app import serve
 
-    print(f"darkroom: serving on http://{host}:{args.port} (data in {config.data_dir})", file=sys.stderr)
+    print(f"darkroom: studio on http://{host}:{args.port}/ , node editor on http://{host}:{args.port}/graph/ "
+          f"(data in {config.data_dir})", file=sys.stderr)
     serve(settings, config)
     return 0

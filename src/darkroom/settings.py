@@ -33,8 +33,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DARKROOM_", extra="ignore")
 
     models_dir: Path = Field(default=Path("models"), description="root holding checkpoints/, loras/, vae/ …")
-    output_dir: Path = Field(default=Path("output"), description="where generated images are written")
-    data_dir: Path = Field(default=Path("data"), description="server state: queue, history, inputs")
+    output_dir: Path | None = Field(default=None, description="where generated images are written "
+                                    "(default <data_dir>/output, shared by the CLI and the server)")
+    data_dir: Path = Field(default=Path("data"), description="server state: queue, history, inputs, outputs")
     extra_model_paths: list[Path] = Field(
         default_factory=list,
         description="other model roots, e.g. an A1111 install's models/ or a ComfyUI install's models/",
@@ -52,6 +53,10 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             return [p for p in v.split(os.pathsep) if p]
         return v
+
+    @property
+    def resolved_output_dir(self) -> Path:
+        return self.output_dir if self.output_dir is not None else self.data_dir / "output"
 
     @property
     def resolved_cache_dir(self) -> Path:
