@@ -126,17 +126,31 @@ EXPECTED: dict[str, tuple[list[tuple[str, str, dict]], list[str], bool]] = {
     "ImageToMask": ([("image", "IMAGE", {}), ("channel", ["red", "green", "blue", "alpha"], {})], ["MASK"], False),
     "UpscaleModelLoader": ([("model_name", COMBO, {})], ["UPSCALE_MODEL"], False),
     "ImageUpscaleWithModel": ([("upscale_model", "UPSCALE_MODEL", {}), ("image", "IMAGE", {})], ["IMAGE"], False),
+    "ControlNetLoader": ([("control_net_name", COMBO, {})], ["CONTROL_NET"], False),
+    "DiffControlNetLoader": ([("model", "MODEL", {}), ("control_net_name", COMBO, {})], ["CONTROL_NET"], False),
+    "ControlNetApplyAdvanced": ([("positive", "CONDITIONING", {}), ("negative", "CONDITIONING", {}),
+                                 ("control_net", "CONTROL_NET", {}), ("image", "IMAGE", {}),
+                                 ("strength", "FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0}),
+                                 ("start_percent", "FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0}),
+                                 ("end_percent", "FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0})],
+                                ["CONDITIONING", "CONDITIONING"], False),
+    "ControlNetApply": ([("conditioning", "CONDITIONING", {}), ("control_net", "CONTROL_NET", {}),
+                         ("image", "IMAGE", {}), ("strength", "FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0})],
+                        ["CONDITIONING"], False),
+    "Canny": ([("image", "IMAGE", {}), ("low_threshold", "FLOAT", {"default": 0.4, "min": 0.01, "max": 0.99}),
+               ("high_threshold", "FLOAT", {"default": 0.8, "min": 0.01, "max": 0.99})], ["IMAGE"], False),
 }
 
 
 #: darkroom's own nodes, beside ComfyUI's core set.
-DARKROOM_NODES = {"CLIPTextEncodeA1111"}
+DARKROOM_NODES = {"CLIPTextEncodeA1111", "T2IAdapterLoader", "ControlNetApplyA1111", "ControlNetPreprocessor",
+                  "OpenPoseRender"}
 
 
 def test_every_expected_node_is_registered_in_order():
     info = object_info(default_registry())
     assert set(info) == set(EXPECTED) | DARKROOM_NODES
-    assert len(NODE_CLASSES) == len(EXPECTED) + len(DARKROOM_NODES) == 48
+    assert len(NODE_CLASSES) == len(EXPECTED) + len(DARKROOM_NODES) == 57
     assert info["CLIPTextEncodeA1111"]["python_module"].startswith("darkroom_nodes")
 
 
