@@ -88,8 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="show the generation parameters stored in images (darkroom, A1111, ComfyUI)")
     i.add_argument("images", nargs="+", type=Path)
 
-    r = sub.add_parser("run", help="start darkroom (renders a sample image with the default model)")
-    _add_common(r)
 
     s = sub.add_parser("serve", help="start the local generation server (ComfyUI protocol and A1111 API)",
                        description="Serve ComfyUI's HTTP + websocket API (every route also under /api) and A1111's "

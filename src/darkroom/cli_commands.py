@@ -178,25 +178,6 @@ def cmd_info(args: argparse.Namespace, _settings_fn) -> int:
     return status
 
 
-def cmd_run(args: argparse.Namespace, settings_fn) -> int:
-    """Until the server exists: render one sample image with the default model and print where it is."""
-    from .engine import Engine, GenerationParams
-    from .metadata.png import next_free_path, write_png
-
-    settings = settings_fn(args)
-    engine = Engine(settings)
-    w, h = engine.native_size(None)
-    params = GenerationParams(prompt="a red circle at the top left on a blue background", width=w, height=h,
-                              steps=20, cfg=5.0, seed=1, sampler="euler", scheduler="normal")
-    result = engine.generate(params)
-    settings.resolved_output_dir.mkdir(parents=True, exist_ok=True)
-    path = next_free_path(settings.resolved_output_dir, seed=result.seeds[0])
-    path = write_png(result.images[0], path, parameters=result.infotexts[0], prompt=result.workflows[0],
-                     on_exists="next")
-    print(f"darkroom: model {result.model_name}; sample image written to {path}")
-    return 0
-
-
 def cmd_serve(args: argparse.Namespace, settings_fn) -> int:
     """Run the local generation server until interrupted."""
     import os
