@@ -144,14 +144,18 @@ EXPECTED: dict[str, tuple[list[tuple[str, str, dict]], list[str], bool]] = {
 
 #: darkroom's own nodes, beside ComfyUI's core set.
 DARKROOM_NODES = {"CLIPTextEncodeA1111", "T2IAdapterLoader", "ControlNetApplyA1111", "ControlNetPreprocessor",
-                  "OpenPoseRender"}
+                  "OpenPoseRender", "SeamlessTiling"}
 
 
 def test_every_expected_node_is_registered_in_order():
     info = object_info(default_registry())
     assert set(info) == set(EXPECTED) | DARKROOM_NODES
-    assert len(NODE_CLASSES) == len(EXPECTED) + len(DARKROOM_NODES) == 57
+    assert len(NODE_CLASSES) == len(EXPECTED) + len(DARKROOM_NODES) == 58
     assert info["CLIPTextEncodeA1111"]["python_module"].startswith("darkroom_nodes")
+    tiling = info["SeamlessTiling"]
+    assert tiling["python_module"].startswith("darkroom_nodes")
+    assert list(tiling["input"]["required"]) == ["model", "vae", "enabled"]
+    assert tiling["input"]["required"]["enabled"][0] == "BOOLEAN" and tiling["output"] == ["MODEL", "VAE"]
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -92,7 +92,8 @@ class VAEDecode(Node):
 
     def execute(self, ctx: NodeContext, samples: Latent, vae: VaeRef) -> tuple[Any, ...]:
         check_type(vae, VaeRef, "vae", self.name)
-        return (vae_decode(vae.vae, _latent(samples, self.name)["samples"]),)
+        with vae.padding():
+            return (vae_decode(vae.vae, _latent(samples, self.name)["samples"]),)
 
 
 class VAEEncode(Node):
@@ -106,7 +107,8 @@ class VAEEncode(Node):
     def execute(self, ctx: NodeContext, pixels: torch.Tensor, vae: VaeRef) -> tuple[Any, ...]:
         check_type(vae, VaeRef, "vae", self.name)
         pixels, _, _ = crop_to_multiple(pixels[..., :3], vae.downscale)
-        return ({"samples": vae_encode(vae.vae, pixels)},)
+        with vae.padding():
+            return ({"samples": vae_encode(vae.vae, pixels)},)
 
 
 class VAEDecodeTiled(Node):
@@ -139,7 +141,8 @@ class VAEDecodeTiled(Node):
             return decode_raw(vae.vae, part)
 
         passes = [(t * 2, t // 2), (t // 2, t * 2), (t, t)]  # (tile_h, tile_w)
-        out = sum(tiled_scale(z, fn, p, o, f, 3) for p in passes) / 3.0  # (B, 3, H, W)
+        with vae.padding():
+            out = sum(tiled_scale(z, fn, p, o, f, 3) for p in passes) / 3.0  # (B, 3, H, W)
         return (((out + 1.0) / 2.0).clamp(0.0, 1.0).movedim(1, -1),)
 
 
@@ -173,7 +176,8 @@ class VAEEncodeTiled(Node):
             return encode_raw(vae.vae, part)
 
         passes = [(tile_size, tile_size), (tile_size // 2, tile_size * 2), (tile_size * 2, tile_size // 2)]
-        z = sum(tiled_scale(x, fn, p, overlap, 1.0 / f, vae.latent_channels) for p in passes) / 3.0
+        with vae.padding():
+            z = sum(tiled_scale(x, fn, p, overlap, 1.0 / f, vae.latent_channels) for p in passes) / 3.0
         return ({"samples": z},)
 
 
@@ -208,7 +212,9 @@ class VAEEncodeForInpaint(Node):
             grown = torch.clamp(torch.nn.functional.conv2d(m.round(), kernel, padding=pad), 0, 1)
         keep = (1.0 - m.round()).squeeze(1)[..., None]  # (B|1, h, w, 1)
         pixels = (pixels - 0.5) * keep + 0.5
-        return ({"samples": vae_encode(vae.vae, pixels), "noise_mask": grown[:, :, :h, :w].round()},)
+        with vae.padding():
+            latent = vae_encode(vae.vae, pixels)
+        return ({"samples": latent, "noise_mask": grown[:, :, :h, :w].round()},)
 
 
 class SetLatentNoiseMask(Node):

@@ -4,7 +4,9 @@ ComfyUI clones a model and attaches LoRA patches to the clone; here a `ModelRef`
 naming the checkpoint and the LoRAs (with strengths) that apply to it. Nothing is patched when a LoRA node runs;
 the engine's one LoRA patcher per checkpoint makes the weights equal to "checkpoint + exactly these LoRAs" right
 before a text encoder or the UNet is used (`use_clip` / `use_model`), so two branches of one workflow with
-different LoRAs on the same checkpoint never see each other's patches.
+different LoRAs on the same checkpoint never see each other's patches. Seamless tiling is data too: a MODEL/VAE
+ref with `tiling` makes the sampler / VAE nodes pad circularly for the duration of their run only
+(`model_padding` / `VaeRef.padding`).
 
 Other node values: LATENT is a dict `{"samples": (B, 4, H/8, W/8) raw VAE latent, "noise_mask"?: (B|1, 1, H, W),
 "batch_index"?: list[int]}`; IMAGE is (B, H, W, 3) float32 in [0, 1]; MASK is (B, H, W) float32 (1 = change);
@@ -13,6 +15,7 @@ CONDITIONING is `list[darkroom.engine.denoiser.CondItem]`.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -35,9 +38,10 @@ class ModelRef:
     checkpoint: Checkpoint
     loras: tuple[LoraUse, ...] = ()
     patcher: Any = None  # the checkpoint's LoraPatcher, captured when it was loaded (see `use_model`)
+    tiling: bool = False  # seamless tiling: the UNet pads circularly while a sampler uses this ref
 
     def __repr__(self) -> str:
-        return f"ModelRef({self.checkpoint.name!r}, loras={_lora_names(self.loras)})"
+        return f"ModelRef({self.checkpoint.name!r}, loras={_lora_names(self.loras)}, tiling={self.tiling})"
 
     def with_lora(self, lora: Any, strength: float) -> ModelRef:
         """A new ref with one more LoRA (this one is unchanged)."""
@@ -92,9 +96,16 @@ class VaeRef:
 
     vae: Any  # diffusers.AutoencoderKL
     name: str = ""
+    tiling: bool = False  # seamless tiling: the VAE pads circularly while a VAE node uses this ref
 
     def __repr__(self) -> str:
-        return f"VaeRef({self.name!r})"
+        return f"VaeRef({self.name!r}, tiling={self.tiling})"
+
+    def padding(self) -> AbstractContextManager[int]:
+        """The VAE's convolutions as this ref wants them for one node's run (circular when tiling)."""
+        from ..engine.tiling import circular_padding
+
+        return circular_padding(self.vae, enabled=self.tiling)
 
     @property
     def downscale(self) -> int:
@@ -120,6 +131,13 @@ def use_model(engine: Any, model: ModelRef) -> Checkpoint:
     """Merge exactly the MODEL's LoRAs into its checkpoint (UNet side) and return the checkpoint to sample with."""
     _patcher(engine, model).apply(model.patch_set())
     return model.checkpoint
+
+
+def model_padding(model: ModelRef) -> AbstractContextManager[int]:
+    """The UNet's convolutions as the MODEL wants them while sampling (circular with seamless tiling)."""
+    from ..engine.tiling import circular_padding
+
+    return circular_padding(model.checkpoint.unet, enabled=model.tiling)
 
 
 def use_clip(engine: Any, clip: ClipRef) -> Checkpoint:

@@ -18,7 +18,7 @@ from ..engine.denoiser import CondItem
 from ..graph import Input, Interrupted, Node, NodeContext, Output, Types
 from ..models.family import Family
 from ..sampling import SAMPLER_NAMES, SCHEDULER_NAMES, prepare_noise
-from .refs import ModelRef, check_type, use_model
+from .refs import ModelRef, check_type, model_padding, use_model
 from .services import service
 
 #: ComfyUI's latent → RGB factors for previews (rows: latent channels; columns: R, G, B) and biases.
@@ -126,12 +126,13 @@ def common_ksampler(
         noise_mask = noise_mask.reshape(-1, noise_mask.shape[-2], noise_mask.shape[-1])
     use_model(engine, model)
     try:
-        out = pipeline.ksample(
-            ckpt, samples, pos, neg, seed=int(seed), steps=steps, cfg=cfg, sampler=sampler_name,
-            scheduler=scheduler, denoise=denoise, add_noise=not disable_noise, start_step=start_step,
-            end_step=last_step, force_full_denoise=force_full_denoise, noise_mask=noise_mask,
-            noise=noise, progress=progress, cancelled=lambda: ctx.interrupted,
-        )
+        with model_padding(model):  # seamless tiling: circular UNet convolutions for this run only
+            out = pipeline.ksample(
+                ckpt, samples, pos, neg, seed=int(seed), steps=steps, cfg=cfg, sampler=sampler_name,
+                scheduler=scheduler, denoise=denoise, add_noise=not disable_noise, start_step=start_step,
+                end_step=last_step, force_full_denoise=force_full_denoise, noise_mask=noise_mask,
+                noise=noise, progress=progress, cancelled=lambda: ctx.interrupted,
+            )
     except pipeline.Interrupted as ex:
         raise Interrupted(f"interrupted while sampling in node {ctx.node_id}") from ex
     result = dict(latent)
