@@ -1,5 +1,6 @@
 """Simple mode is a graph: the ComfyUI workflow embedded in each image made by `Engine.generate`, run through the
-node engine, gives exactly the same pixels — for plain and A1111-weighted prompts, img2img, hires fix and LoRA."""
+node engine, gives exactly the same pixels — for plain and A1111-weighted prompts, img2img, hires fix, LoRA and
+seamless tiling."""
 
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ CASES = {
     "hires": dict(prompt="a circle", hires=HiresParams(scale=1.5, steps=2, denoise=0.6)),
     "hires lanczos": dict(prompt="a circle", hires=HiresParams(scale=2, steps=1, upscaler="Lanczos")),
     "karras ancestral": dict(prompt="a circle", sampler="euler_ancestral", scheduler="karras"),
+    "tiling hires": dict(prompt="a circle", tiling=True, hires=HiresParams(scale=1.5, steps=1, upscaler="Lanczos")),
 }
 
 
@@ -60,6 +62,22 @@ def test_embedded_workflow_reproduces_the_image(engine, tmp_path, case):
     encoders = {n["class_type"] for n in result.workflows[0].values() if "TextEncode" in n["class_type"]}
     # Only prompts whose meaning differs between the tools need darkroom's A1111 node.
     assert encoders == ({"CLIPTextEncodeA1111"} if case == "a1111 weights" else {"CLIPTextEncode"})
+    classes = [n["class_type"] for n in result.workflows[0].values()]
+    assert classes.count("SeamlessTiling") == (1 if params.tiling else 0)
+
+
+def test_seamless_tiling_node_switches_the_padding(engine, tmp_path):
+    """The tiled image's workflow turned off (enabled=False) gives the untiled image: the node is what differs."""
+    params = GenerationParams(prompt="a circle", width=64, height=64, steps=3, cfg=5.0, seed=4, tiling=True)
+    tiled = engine.generate(params)
+    plain = np.asarray(engine.generate(GenerationParams(**{**params.__dict__, "tiling": False})).images[0])
+    assert np.abs(np.asarray(tiled.images[0]).astype(int) - plain.astype(int)).max() > 0
+    wf = tiled.workflows[0]
+    (node,) = [n for n in wf.values() if n["class_type"] == "SeamlessTiling"]
+    node["inputs"]["enabled"] = False
+    np.testing.assert_array_equal(_run_embedded(engine, wf, tmp_path), plain)
+    unet = engine.load("tiny.safetensors").unet
+    assert all(m.padding_mode == "zeros" for m in unet.modules() if hasattr(m, "padding_mode"))  # restored
 
 
 def test_img2img_workflow_reproduces_the_image(engine, tmp_path):

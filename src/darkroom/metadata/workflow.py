@@ -99,6 +99,9 @@ def workflow_from_params(params: GenerationParams, *, seed: int, model_name: str
         nid = g.add("LoraLoader", {"model": model, "clip": clip, "lora_name": file, "strength_model": unet,
                                    "strength_clip": te}, title="Load LoRA")
         model, clip = [nid, 0], [nid, 1]
+    if params.tiling:  # seamless texture: circular padding in the UNet and VAE
+        tiled = g.add("SeamlessTiling", {"model": model, "vae": vae, "enabled": True}, title="Seamless Tiling")
+        model, vae = [tiled, 0], [tiled, 1]
     if params.clip_skip > 1:
         clip = [g.add("CLIPSetLastLayer", {"clip": clip, "stop_at_clip_layer": -params.clip_skip},
                       title="CLIP Set Last Layer"), 0]
@@ -166,6 +169,12 @@ def _refiner_passes(g: _Graph, params: GenerationParams, seed: int, denoise: flo
           title="KSampler (Advanced) Base", node_id="3")
     latent = ["3", 0]
     rid = g.add("CheckpointLoaderSimple", {"ckpt_name": refiner}, title="Load Refiner Checkpoint")
+    r_model: Link = [rid, 0]
+    r_vae: Link = [rid, 2]
+    if params.tiling:
+        tiled = g.add("SeamlessTiling", {"model": r_model, "vae": r_vae, "enabled": True},
+                      title="Seamless Tiling (Refiner)")
+        r_model, r_vae = [tiled, 0], [tiled, 1]
     encoder = g.nodes["6"]["class_type"]
     neg_extra = {"is_negative": True} if encoder == "CLIPTextEncodeA1111" else {}
     r_pos = g.add(encoder, {"text": g.nodes["6"]["inputs"]["text"], "clip": [rid, 1]},
@@ -174,12 +183,12 @@ def _refiner_passes(g: _Graph, params: GenerationParams, seed: int, denoise: flo
                   title="Refiner Prompt (Negative)")
     if switch < steps:
         nid = g.add("KSamplerAdvanced", {"add_noise": "disable", "noise_seed": seed, "steps": total, **common,
-                                         "model": [rid, 0], "positive": [r_pos, 0], "negative": [r_neg, 0],
+                                         "model": r_model, "positive": [r_pos, 0], "negative": [r_neg, 0],
                                          "latent_image": latent, "start_at_step": offset + switch,
                                          "end_at_step": 10000, "return_with_leftover_noise": "disable"},
                     title="KSampler (Advanced) Refiner")
         latent = [nid, 0]
-    return latent, [rid, 0], [rid, 2], [r_pos, 0], [r_neg, 0]
+    return latent, r_model, r_vae, [r_pos, 0], [r_neg, 0]
 
 
 def _hires_pass(g: _Graph, params: GenerationParams, seed: int, common: dict[str, Any], model: Link, vae: Link,

@@ -104,8 +104,6 @@ def check_supported(req: ProcessingBase) -> None:
                        f"(supported: {', '.join(KNOWN_ALWAYSON)})", "alwayson_scripts")
     if req.restore_faces:
         raise _bad("restore_faces: face restoration is not available in darkroom", "restore_faces")
-    if req.tiling:
-        raise _bad("tiling is not supported", "tiling")
     if req.subseed_strength:
         raise _bad("variation seeds (subseed_strength > 0) are not supported yet", "subseed_strength")
     if max(req.seed_resize_from_w, req.seed_resize_from_h) > 0:
@@ -160,7 +158,7 @@ def apply_infotext(req: ProcessingBase) -> ProcessingBase:
     updates: dict[str, Any] = {}
     mapping = {"Prompt": "prompt", "Negative prompt": "negative_prompt", "Steps": "steps", "Sampler": "sampler_name",
                "CFG scale": "cfg_scale", "Seed": "seed", "Size-1": "width", "Size-2": "height",
-               "Denoising strength": "denoising_strength"}
+               "Denoising strength": "denoising_strength", "Tiling": "tiling"}
     for key, name in mapping.items():
         if key in res and name not in given and name in type(req).model_fields:
             updates[name] = res[key]
@@ -475,7 +473,7 @@ def build_job(req: ProcessingBase, ctx: SdapiContext) -> SdapiJob:
         prompt=prompt, negative_prompt=negative, model=ckpt, vae=vae, sampler=sampler, scheduler=scheduler,
         steps=req.steps, cfg=float(req.cfg_scale), seed=seed, width=req.width, height=req.height, batch_size=1,
         clip_skip=clip_skip, denoise=denoise, hires=hires, refiner=refiner_name,
-        refiner_switch=switch if refiner_name else 0.8, prompt_style="a1111",
+        refiner_switch=switch if refiner_name else 0.8, prompt_style="a1111", tiling=bool(req.tiling),
     )
     try:
         embedding_names = list(ctx.embeddings.names()) if ctx.embeddings is not None else []
