@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from ..control.units import ControlNetUnit
+
 PromptStyle = Literal["a1111", "comfy"]
 
 
@@ -55,3 +57,6 @@ class GenerationParams:
     prompt_style: PromptStyle = "a1111"
     loras: list[LoraRef] = field(default_factory=list)  # filled from <lora:…> tags by the prompt parser
     tiling: bool = False  # seamless texture: circular padding in the UNet and VAE convolutions (A1111 "Tiling")
+    #: ControlNet / T2I-Adapter units (darkroom.control.units.ControlNetUnit), applied to the first pass and, per
+    #: unit's hr_option, the hires pass; the embedded workflow adds the same nodes.
+    controlnets: list[ControlNetUnit] = field(default_factory=list)
