@@ -26,32 +26,11 @@ from typing import Any
 import torch
 
 from .model import ControlModel, ControlNet, T2IAdapter
+from .modes import A1111_CONTROL_MODES, CONTROL_MODES, control_mode  # noqa: F401 (re-exported)
 
-#: Control modes: ComfyUI's plain application, and A1111's two soft variants.
-CONTROL_MODES = ("balanced", "prompt", "control")
-#: A1111's labels (and their 0/1/2 indices) → darkroom's names.
-A1111_CONTROL_MODES = {"Balanced": "balanced", "My prompt is more important": "prompt",
-                       "ControlNet is more important": "control"}
 #: A1111's soft-injection decay per ControlNet output away from the middle block.
 SOFT_DECAY = 0.825
 SOFT_ADAPTER_SCALES = (0.25, 0.62, 0.825, 1.0)
-
-
-def control_mode(value: Any) -> str:
-    """'balanced' / 'prompt' / 'control' from darkroom names, A1111 labels or A1111's 0/1/2."""
-    if isinstance(value, bool):
-        raise ValueError(f"control mode must be a name or 0/1/2, not {value!r}")
-    if isinstance(value, int) and 0 <= value < len(CONTROL_MODES):
-        return CONTROL_MODES[value]
-    text = str(value).strip()
-    if text.lower() in CONTROL_MODES:
-        return text.lower()
-    if text in A1111_CONTROL_MODES:
-        return A1111_CONTROL_MODES[text]
-    if text.isdigit() and int(text) < len(CONTROL_MODES):
-        return CONTROL_MODES[int(text)]
-    raise ValueError(f"unknown control mode {value!r}; use one of: {', '.join(A1111_CONTROL_MODES)} "
-                     f"(or {', '.join(CONTROL_MODES)})")
 
 
 @dataclass

@@ -22,35 +22,14 @@ from typing import Any
 import numpy as np
 
 from .annotators import ANNOTATORS, run_annotator
+from .modes import RESIZE_MODES, resize_mode  # noqa: F401 (re-exported)
 
-RESIZE_MODES = ("Just Resize", "Crop and Resize", "Resize and Fill")
-_RESIZE_ALIASES = {"Inner Fit (Scale to Fit)": "Crop and Resize", "Outer Fit (Shrink to Fit)": "Resize and Fill",
-                   "Scale to Fit (Inner Fit)": "Crop and Resize", "Envelope (Outer Fit)": "Resize and Fill",
-                   "Just Resize (Latent upscale)": "Just Resize"}
 DEFAULT_RESOLUTION = 512
 _RES_SLIDER = {"name": "Preprocessor Resolution", "value": 512, "min": 64, "max": 2048}
 
 
 class PreprocessorError(ValueError):
     """A preprocessor name or input that cannot be used (the message says what to change)."""
-
-
-def resize_mode(value: Any) -> str:
-    """A1111's resize mode label from a label, an alias or 0/1/2 (3, latent upscale, counts as Just Resize)."""
-    if isinstance(value, bool):
-        raise PreprocessorError(f"unknown resize mode {value!r}")
-    if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
-        i = int(value)
-        if i == 3:
-            return "Just Resize"
-        if 0 <= i < len(RESIZE_MODES):
-            return RESIZE_MODES[i]
-        raise PreprocessorError(f"unknown resize mode {value!r}; use 0, 1, 2 or one of {', '.join(RESIZE_MODES)}")
-    text = _RESIZE_ALIASES.get(str(value).strip(), str(value).strip())
-    for mode in RESIZE_MODES:
-        if text.lower() == mode.lower():
-            return mode
-    raise PreprocessorError(f"unknown resize mode {value!r}; use one of: {', '.join(RESIZE_MODES)}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
