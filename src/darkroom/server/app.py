@@ -104,6 +104,9 @@ def create_app(settings: Any, config: ServerConfig, *, engine: Any = None) -> Fa
     app.include_router(ws.router)
     app.include_router(ws.router, prefix="/api")
     app.include_router(routes_sdapi.router, responses=guarded)
+    from . import routes_controlnet  # issue #7: A1111 ControlNet extension routes (/controlnet/…)
+
+    app.include_router(routes_controlnet.router, responses=guarded)  # issue #7
     from . import routes_frontend  # issue #6: studio page at /, node editor at /graph/
 
     routes_frontend.install(app)  # issue #6

@@ -237,9 +237,9 @@ def prompt_styles(request: Request) -> list[dict[str, str]]:
     return state_of(request).styles.all()
 
 
-@router.get("/scripts", summary="Scripts: none selectable; alwayson: refiner")
+@router.get("/scripts", summary="Scripts: none selectable; alwayson: refiner, controlnet")
 def scripts() -> dict[str, list[str]]:
-    return {"txt2img": ["refiner"], "img2img": ["refiner"]}
+    return {"txt2img": ["refiner", "controlnet"], "img2img": ["refiner", "controlnet"]}  # controlnet: issue #7
 
 
 @router.get("/script-info", summary="Script arguments")
