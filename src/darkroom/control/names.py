@@ -43,6 +43,15 @@ def control_model_titles(registry: Any) -> dict[str, str]:
     return dict(sorted(out.items(), key=lambda kv: kv[0].lower()))
 
 
+def control_model_title(registry: Any, name: str) -> str:
+    """A1111's `name [hash]` of one control model (the name as given if it is not installed)."""
+    try:
+        path = registry.find("controlnet", find_control_model(registry, name))
+    except Exception:  # noqa: BLE001 — a title is informative only
+        return name
+    return f"{display_name(registry.name_of('controlnet', path) or path.name, path)} [{legacy_hash(path)}]"
+
+
 def find_control_model(registry: Any, name: str) -> str:
     """The registry name of a control model given a registry name, an A1111 title, a bare or folder name.
 

@@ -104,10 +104,14 @@ class ControlNetUnit:
         p = PurePath(str(path))
         return p.name if p.is_absolute() else p.as_posix()
 
-    def infotext(self, model_title: str | None = None) -> str:
-        """The value A1111 writes as `ControlNet N` in the infotext."""
+    def infotext(self, model_title: str | None = None, *, registry: Any = None) -> str:
+        """The value A1111 writes as `ControlNet N` in the infotext (model as `name [hash]` given the registry)."""
         from .preprocess import get_preprocessor
 
+        if model_title is None and registry is not None:
+            from .names import control_model_title
+
+            model_title = control_model_title(registry, self.model)
         pre = get_preprocessor(self.module)
         parts = [f"Module: {pre.name}", f"Model: {model_title or self.model}", f"Weight: {self.weight:g}",
                  f"Resize Mode: {resize_mode(self.resize_mode)}",
@@ -280,7 +284,9 @@ def attach_units(engine: Any, ckpt: Any, units: list[ControlNetUnit], positive: 
         unit.validate()
         if unit.image is None:
             raise ControlUnitError(f"ControlNet unit {i} has no image", "image")
-        path = engine.registry.find("controlnet", unit.model)
+        from .names import find_control_model
+
+        path = engine.registry.find("controlnet", find_control_model(engine.registry, unit.model))
         model = load_control_model(path, dtype=engine.dtype, device=engine.device, base_unet=ckpt.unet,
                                    allow_unsafe_pickle=settings.allow_unsafe_pickle)
         with Image.open(unit.image) as im:

@@ -240,6 +240,9 @@ class Engine:
                                                 embeddings=self.embeddings(), used_embeddings=used_ti)
             negative = pipeline.encode_text(ckpt, p.negative_prompt, style=p.prompt_style, clip_skip=p.clip_skip,
                                             embeddings=self.embeddings(), used_embeddings=used_ti, negative=True)
+            hires_conds = None
+            if p.controlnets:  # issue #7: ControlNet units, applied as the embedded workflow applies them
+                p, positive, negative, hires_conds = self._controlnets(ckpt, p, positive, negative)
             init_latent = None
             if p.init_image is not None:
                 init = pil_to_tensor(Image.open(p.init_image).convert("RGB"))  # (1, H, W, 3)
@@ -268,7 +271,7 @@ class Engine:
                 with circular_padding(ckpt.unet, ckpt.vae, *([refiner.unet, refiner.vae] if refiner else []),
                                       enabled=p.tiling):  # seamless textures: restored after each image
                     latent = self._one_image(ckpt, refiner, p, s, positive, negative, ref_conds, init_latent,
-                                             step_progress, cancelled)
+                                             step_progress, cancelled, hires_conds)
                     images.extend(tensor_to_pil(pipeline.decode(final, latent)))
                 seeds.append(s)
         model_name = _model_display_name(self.registry.name_of("checkpoints", model_path) or model_path.name)
@@ -289,7 +292,27 @@ class Engine:
         hires = (p.hires.steps or p.steps) if p.hires and p.init_image is None else 0
         return (first + hires) * p.batch_size
 
-    def _one_image(self, ckpt, refiner, p, seed, positive, negative, ref_conds, init_latent, progress, cancelled):
+    def _controlnets(self, ckpt, p: GenerationParams, positive, negative):
+        """Units with registry model names, and the conditionings of the first pass and (per unit hr_option) of the
+        hires pass with the units attached."""
+        from ..control.names import find_control_model
+        from ..control.units import ControlUnitError, attach_units
+
+        try:
+            units = [replace(u, model=find_control_model(self.registry, u.model)) for u in p.controlnets]
+            p = replace(p, controlnets=units)
+            hires = p.hires is not None and p.init_image is None
+            lo = [u for u in units if not hires or u.hr_option != "High res only"]
+            hi = [u for u in units if hires and u.hr_option != "Low res only"]
+            first = attach_units(self, ckpt, lo, positive, negative, width=p.width, height=p.height)
+            second = first if hi == lo else attach_units(self, ckpt, hi, positive, negative, width=p.width,
+                                                         height=p.height)
+        except ControlUnitError as e:
+            raise RequestError(f"ControlNet: {e}") from None
+        return p, first[0], first[1], second
+
+    def _one_image(self, ckpt, refiner, p, seed, positive, negative, ref_conds, init_latent, progress, cancelled,
+                   hires_conds=None):
         f = ckpt.vae_downscale
         if init_latent is not None:
             latent = init_latent
@@ -310,6 +333,8 @@ class Engine:
                                           denoise=denoise, add_noise=False, start_step=switch, end_step=10000,
                                           **common)
         if p.hires is not None and init_latent is None:  # hires fix is a txt2img option, as in A1111
+            if hires_conds is not None:  # ControlNet units of the hires pass
+                positive, negative = hires_conds
             final_positive = positive.last() if isinstance(positive, pipeline.CondSchedule) else positive
             latent = self._hires(ckpt if refiner is None else refiner, p, p.hires, latent,
                                  final_positive if refiner is None else ref_conds[0],
@@ -362,6 +387,8 @@ class Engine:
             extra["Lora hashes"] = ", ".join(f"{k}: {v}" for k, v in lora_hashes.items())
         if used_ti:
             extra["TI hashes"] = ", ".join(f"{k}: {v}" for k, v in used_ti.items())
+        for i, unit in enumerate(p.controlnets):  # issue #7: as A1111's ControlNet extension writes them
+            extra[f"ControlNet {i}"] = unit.infotext(registry=self.registry)
         infotexts, workflows = [], []
         for s in seeds:
             single = replace(p, seed=s, batch_size=1)

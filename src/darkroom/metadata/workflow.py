@@ -130,8 +130,14 @@ def workflow_from_params(params: GenerationParams, *, seed: int, model_name: str
                                    "batch_size": params.batch_size}, title="Empty Latent Image", node_id="5")
         latent = ["5", 0]
 
+    hires_pos, hires_neg = positive, negative
+    if params.controlnets:  # issue #7: ControlNet units between the prompts and the samplers
+        from ..control.graph import add_controlnet_nodes
+
+        positive, negative, hires_pos, hires_neg = add_controlnet_nodes(g, params, model, positive, negative)
+
     common = {"cfg": params.cfg, "sampler_name": params.sampler, "scheduler": params.scheduler}
-    final_model, final_vae, final_pos, final_neg = model, vae, positive, negative
+    final_model, final_vae, final_pos, final_neg = model, vae, hires_pos, hires_neg
     if not params.refiner:
         g.add("KSampler", {"seed": seed, "steps": params.steps, **common, "denoise": denoise, "model": model,
                            "positive": positive, "negative": negative, "latent_image": latent},
