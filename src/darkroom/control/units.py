@@ -239,7 +239,8 @@ def parse_a1111_unit(raw: Any, index: int = 0) -> A1111Unit | None:
     try:
         unit.validate()
     except ControlUnitError as ex:
-        raise ControlUnitError(f"{where}: {ex}", f"{where}.{ex.field or ''}".rstrip(".")) from None
+        name = f"{where}.{ex.field}" if ex.field else where
+        raise ControlUnitError(f"{name}: {ex}", name) from None
     return A1111Unit(unit, image_b64, mask_b64)
 
 

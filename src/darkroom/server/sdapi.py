@@ -25,7 +25,7 @@ from .sdapi_options import OptionsStore, StyleBook, resolve_model
 
 MAX_A1111_SEED = 4294967294
 #: alwayson_scripts entries darkroom understands (title, lower case).
-KNOWN_ALWAYSON = ("refiner",)
+KNOWN_ALWAYSON = ("refiner", "controlnet")
 LATENT_UPSCALERS = ("Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
                     "Latent (nearest)", "Latent (nearest-exact)")
 IMAGE_UPSCALERS = ("None", "Lanczos", "Nearest")
@@ -215,6 +215,7 @@ def params_to_dict(params: Any) -> dict[str, Any]:
     d = asdict(params)
     if d.get("init_image") is not None:
         d["init_image"] = str(d["init_image"])
+    d["controlnets"] = [u.to_dict() for u in getattr(params, "controlnets", [])]  # issue #7
     return d
 
 
@@ -225,6 +226,9 @@ def params_from_dict(d: dict[str, Any]) -> Any:
     if d.get("hires") is not None:
         d["hires"] = HiresParams(**d["hires"])
     d["loras"] = [LoraRef(**lo) for lo in d.get("loras") or []]
+    from ..control.units import ControlNetUnit  # issue #7
+
+    d["controlnets"] = [ControlNetUnit.from_dict(u) for u in d.get("controlnets") or []]
     if d.get("init_image") is not None:
         d["init_image"] = Path(d["init_image"])
     return GenerationParams(**d)
@@ -469,11 +473,18 @@ def build_job(req: ProcessingBase, ctx: SdapiContext) -> SdapiJob:
         if not 0.0 < denoise <= 1.0:
             raise _bad(f"denoising_strength must be in (0, 1] (got {denoise})", "denoising_strength")
         prep = prepare_img2img(req, n, ctx.folders, ctx.limits)
+    controlnets: list[Any] = []
+    if any(key.lower() == "controlnet" for key in req.alwayson_scripts):  # issue #7: ControlNet units
+        from .sdapi_controlnet import controlnet_units
+
+        controlnets, cn_extra = controlnet_units(req, ctx, init_names=prep.init_names, mask_name=prep.mask_name)
+        prep.extra.update(cn_extra)
     params = GenerationParams(
         prompt=prompt, negative_prompt=negative, model=ckpt, vae=vae, sampler=sampler, scheduler=scheduler,
         steps=req.steps, cfg=float(req.cfg_scale), seed=seed, width=req.width, height=req.height, batch_size=1,
         clip_skip=clip_skip, denoise=denoise, hires=hires, refiner=refiner_name,
         refiner_switch=switch if refiner_name else 0.8, prompt_style="a1111", tiling=bool(req.tiling),
+        controlnets=controlnets,
     )
     try:
         embedding_names = list(ctx.embeddings.names()) if ctx.embeddings is not None else []
