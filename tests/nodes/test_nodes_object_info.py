@@ -144,13 +144,14 @@ EXPECTED: dict[str, tuple[list[tuple[str, str, dict]], list[str], bool]] = {
 
 #: darkroom's own nodes, beside ComfyUI's core set.
 DARKROOM_NODES = {"CLIPTextEncodeA1111", "T2IAdapterLoader", "ControlNetApplyA1111", "ControlNetPreprocessor",
-                  "OpenPoseRender", "SeamlessTiling"}
+                  "OpenPoseRender", "SeamlessTiling", "CLIPVisionLoader", "CLIPVisionEncode",
+                  "IPAdapterModelLoader", "IPAdapterAdvanced"}
 
 
 def test_every_expected_node_is_registered_in_order():
     info = object_info(default_registry())
     assert set(info) == set(EXPECTED) | DARKROOM_NODES
-    assert len(NODE_CLASSES) == len(EXPECTED) + len(DARKROOM_NODES) == 58
+    assert len(NODE_CLASSES) == len(EXPECTED) + len(DARKROOM_NODES) == 62
     assert info["CLIPTextEncodeA1111"]["python_module"].startswith("darkroom_nodes")
     tiling = info["SeamlessTiling"]
     assert tiling["python_module"].startswith("darkroom_nodes")

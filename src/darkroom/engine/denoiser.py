@@ -32,7 +32,8 @@ class CondItem:
     #: SDXL size conditioning: width, height, crop_w, crop_h, target_width, target_height, aesthetic_score (refiner).
     adm: dict[str, float] = field(default_factory=dict)
     #: Extra per-item model inputs. "control": control units (`darkroom.control.apply.AppliedControl`), each called
-    #: per UNet call on its rows and summed into the UNet's additional residuals (see `UNetDenoiser._control`).
+    #: per UNet call on its rows and summed into the UNet's additional residuals (see `UNetDenoiser._control`);
+    #: "ipadapter": IP-Adapter uses with sigma windows (`darkroom.ipadapter.attention.attach` / `unet_kwargs`).
     extra: dict[str, Any] = field(default_factory=dict)
 
     def with_(self, **kw) -> "CondItem":
@@ -159,6 +160,10 @@ class UNetDenoiser:
             }
         # Control models see the latent channels only (never an inpainting UNet's extra input channels).
         kwargs.update(self._control(items, negs, model_in, sigma, t, ctx, kwargs.get("added_cond_kwargs"), batch))
+        if any("ipadapter" in it.extra for it in items):  # IP-Adapter image-prompt tokens per row
+            from ..ipadapter.attention import unet_kwargs
+
+            kwargs.update(unet_kwargs(items, negs, float(sigma[0])))
         if concat is not None:
             model_in = torch.cat([model_in, concat.to(model_in)], dim=1)
         out = self.unet(model_in.to(self.device, self.dtype), t.to(self.device), encoder_hidden_states=ctx,

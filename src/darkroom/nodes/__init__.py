@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..graph import Node, NodeRegistry
-from . import conditioning, controlnet, image, latent, loaders, mask, sampling, tiling, upscale
+from . import conditioning, controlnet, image, ipadapter, latent, loaders, mask, sampling, tiling, upscale
 from .refs import ClipRef, LoraUse, ModelRef, VaeRef
 from .services import FileChoices, MissingServiceError, default_executor, make_services, run_workflow
 
@@ -29,6 +29,7 @@ NODE_CLASSES: tuple[type[Node], ...] = (
     *upscale.NODES,
     *tiling.NODES,
     *controlnet.NODES,
+    *ipadapter.NODES,
 )
 
 

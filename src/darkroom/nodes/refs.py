@@ -39,6 +39,7 @@ class ModelRef:
     loras: tuple[LoraUse, ...] = ()
     patcher: Any = None  # the checkpoint's LoraPatcher, captured when it was loaded (see `use_model`)
     tiling: bool = False  # seamless tiling: the UNet pads circularly while a sampler uses this ref
+    ipadapters: tuple[Any, ...] = ()  # darkroom.ipadapter.attention.IPAdapterUse, applied while sampling
 
     def __repr__(self) -> str:
         return f"ModelRef({self.checkpoint.name!r}, loras={_lora_names(self.loras)}, tiling={self.tiling})"

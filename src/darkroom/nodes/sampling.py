@@ -124,9 +124,12 @@ def common_ksampler(
     noise_mask = latent.get("noise_mask")
     if noise_mask is not None:  # (B|1, 1, H, W) or (B|1, H, W) at any resolution → (B|1, H, W)
         noise_mask = noise_mask.reshape(-1, noise_mask.shape[-2], noise_mask.shape[-1])
+    if model.ipadapters:  # reference images: items marked here, processors on the UNet for this run only
+        from ..ipadapter.attention import attach
+        pos, neg = attach(pos, model.ipadapters, ms), attach(neg, model.ipadapters, ms)
     use_model(engine, model)
     try:
-        with model_padding(model):  # seamless tiling: circular UNet convolutions for this run only
+        with model_padding(model), _ip_processors(ckpt.unet, model.ipadapters):
             out = pipeline.ksample(
                 ckpt, samples, pos, neg, seed=int(seed), steps=steps, cfg=cfg, sampler=sampler_name,
                 scheduler=scheduler, denoise=denoise, add_noise=not disable_noise, start_step=start_step,
@@ -138,6 +141,17 @@ def common_ksampler(
     result = dict(latent)
     result["samples"] = out
     return result
+
+
+def _ip_processors(unet: Any, uses: tuple[Any, ...]) -> Any:
+    """IP-Adapter attention processors on the UNet while sampling (a no-op without uses)."""
+    from contextlib import nullcontext
+
+    if not uses:
+        return nullcontext()
+    from ..ipadapter.attention import installed
+
+    return installed(unet, uses)
 
 
 SAMPLER_INPUTS = {

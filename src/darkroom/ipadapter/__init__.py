@@ -1,0 +1,11 @@
+"""darkroom.ipadapter: IP-Adapter reference images (SD1.x / SDXL; plain, plus, plus-face and full-face models).
+
+    vision = load_clip_vision(path)                      # models/clip_vision/*.safetensors (HF CLIP vision layout)
+    adapter = load_ipadapter(path, device=..., dtype=...) # models/ipadapter/*.safetensors (image_proj.* + ip_adapter.*)
+    use = make_use(adapter, vision.encode(image), weight=0.8, weight_type="style transfer", sdxl=True)
+    model = replace(model_ref, ipadapters=(*model_ref.ipadapters, use))
+
+While sampling, `installed(unet, uses)` puts `IPAttnProcessor`s on the UNet's cross-attention layers (restored after)
+and `attach` marks the conditioning items; the denoiser passes each call's image-prompt tokens per row through
+`unet_kwargs` (cross_attention_kwargs["ip_hidden_states"]). Submodules import torch; this module imports nothing.
+"""
