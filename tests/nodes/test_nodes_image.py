@@ -204,3 +204,26 @@ def test_save_image_names_never_overwrite_and_embed_metadata(tmp_path: Path):
 def test_nodes_without_services_say_what_is_missing():
     with pytest.raises(MissingServiceError, match="output_dir"):
         SaveImage().execute(ctx(), torch.rand(1, 2, 2, 3), "x")
+
+
+def test_annotated_and_unlisted_image_names_validate_through_the_node(tmp_path: Path):
+    """The frontend sends 'x.png [input]' and 'clipspace/…' names that are not in LoadImage's list; as in ComfyUI the
+    node's own check decides (the file must exist inside the input folder), not list membership."""
+    from darkroom.graph import validate_prompt
+    from darkroom.nodes import default_registry
+
+    (tmp_path / "clipspace").mkdir()
+    Image.new("RGBA", (8, 8)).save(tmp_path / "clipspace" / "mask-1.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    registry = default_registry(input_dir=tmp_path)
+
+    def check(name: str):
+        return validate_prompt(registry, {"1": {"class_type": "LoadImage", "inputs": {"image": name}},
+                                          "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}})
+
+    for ok in ("x.png", "x.png [input]", "clipspace/mask-1.png [input]"):
+        assert check(ok).ok, ok
+    for bad in ("missing.png [input]", "../x.png"):
+        result = check(bad)
+        assert not result.ok
+        assert result.node_errors["1"]["errors"][0]["type"] == "custom_validation_failed"

@@ -193,6 +193,10 @@ class Node:
     deprecated: ClassVar[bool] = False
     experimental: ClassVar[bool] = False
     not_idempotent: ClassVar[bool] = False  # results are never shared between nodes of equal inputs
+    #: Combo inputs whose value the node's own `check_inputs` validates, so the choice-list membership check is
+    #: skipped for them (ComfyUI skips it when VALIDATE_INPUTS takes the input) — e.g. LoadImage's annotated
+    #: names like "x.png [input]" or "clipspace/…" from the frontend's mask editor.
+    self_validated_inputs: ClassVar[frozenset[str]] = frozenset()
     python_module: ClassVar[str] = "nodes"  # the frontend treats anything not under custom_nodes. as core
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -170,7 +170,8 @@ class _Validator:
                     links[name] = link
                     inputs[name] = [link[0], link[1]]
                 continue
-            ok, value = self._check_constant(name, inp, value, errors)
+            ok, value = self._check_constant(name, inp, value, errors,
+                                                   name in cls.self_validated_inputs and cls.has_custom_check())
             if ok:
                 inputs[name] = value
                 constants[name] = value
@@ -223,7 +224,8 @@ class _Validator:
             return None
         return link
 
-    def _check_constant(self, name: str, inp: Input, value: Any, errors: list[dict[str, Any]]) -> tuple[bool, Any]:
+    def _check_constant(self, name: str, inp: Input, value: Any, errors: list[dict[str, Any]],
+                        self_validated: bool = False) -> tuple[bool, Any]:
         if isinstance(value, dict) and "__value__" in value:  # ComfyUI's wrapper for list-valued widgets
             value = value["__value__"]
         if not inp.accepts_constant:
@@ -259,7 +261,7 @@ class _Validator:
                 errors.append(self._range_error("value_bigger_than_max", f"Value {value} bigger than max of {inp.max}",
                                                 name, inp, value))
                 return False, value
-        if inp.is_combo:
+        if inp.is_combo and not self_validated:
             choices = inp.current_choices()
             if value not in choices and isinstance(value, str) and "\\" in value:
                 value = value.replace("\\", "/")  # workflows shared from Windows name subfolders with '\'

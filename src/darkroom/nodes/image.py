@@ -62,6 +62,7 @@ class _InputFileNode(Node):
     """Base of nodes reading the input folder: fingerprint = the file's hash, missing files fail validation."""
 
     input_dir: ClassVar[Path | None] = None  # set on the registry-bound subclass (default_registry(input_dir=…))
+    self_validated_inputs = frozenset({"image"})  # "x.png [input]", "clipspace/…" are valid without being listed
 
     @classmethod
     def fingerprint(cls, **inputs: Any) -> Any:
