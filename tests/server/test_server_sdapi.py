@@ -103,8 +103,8 @@ def test_plain_img2img_and_errors(shared_server) -> None:
     missing = requests.post(base + "/img2img", json={"prompt": "a"}, timeout=30)
     assert missing.status_code == 404 and "Init image not found" in missing.json()["detail"]
     with pytest.raises(RuntimeError) as ex:
-        api.txt2img(prompt="a", alwayson_scripts={"ControlNet": {"args": []}})
-    assert ex.value.args[0] == 400 and "ControlNet" in ex.value.args[1] and "alwayson_scripts" in ex.value.args[1]
+        api.txt2img(prompt="a", alwayson_scripts={"ADetailer": {"args": [False]}})  # ControlNet is known (#7)
+    assert ex.value.args[0] == 400 and "ADetailer" in ex.value.args[1] and "alwayson_scripts" in ex.value.args[1]
     for body, field in (({"width": 100_000}, "width"), ({"steps": 0}, "steps"), ({"batch_size": 100}, "batch_size"),
                         ({"sampler_name": "No Such Sampler"}, "sampler"), ({"prompt": "x" * 30_000}, "prompt"),
                         ({"steps": "many"}, "steps"), ({"restore_faces": True}, "restore_faces")):
@@ -148,7 +148,7 @@ def test_listings(shared_server) -> None:
     assert "Karras" in [s["label"] for s in api.get_schedulers()]
     assert [u["name"] for u in api.get_upscalers()] == ["None", "Lanczos", "Nearest"]
     assert "Latent (nearest-exact)" in [m["name"] for m in api.get_latent_upscale_modes()]
-    assert api.get_scripts() == {"txt2img": ["refiner"], "img2img": ["refiner"]}
+    assert api.get_scripts() == {"txt2img": ["refiner", "controlnet"], "img2img": ["refiner", "controlnet"]}
     assert api.get_embeddings() == {"loaded": {}, "skipped": {}}
     assert api.get_sd_vae() == [] and api.get_hypernetworks() == []
     mem = api.get_memory()
