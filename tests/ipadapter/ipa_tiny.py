@@ -70,7 +70,7 @@ def ipadapter_state_dict(unet, kind: str = "plain", *, clip_dim: int = 32, hidde
         sd["image_proj.proj.3.weight"], sd["image_proj.proj.3.bias"] = 1 + _rand(g, cross), _rand(g, cross)
     else:
         raise ValueError(kind)
-    for name, key, _ in cross_attention_layers(unet):
+    for name, key, _, _ in cross_attention_layers(unet):
         attn = unet.get_submodule(name[: -len(".processor")])
         sd[f"ip_adapter.{key}.to_k_ip.weight"] = _rand(g, attn.to_k.out_features, cross)
         sd[f"ip_adapter.{key}.to_v_ip.weight"] = _rand(g, attn.to_v.out_features, cross)

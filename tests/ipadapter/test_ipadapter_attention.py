@@ -11,8 +11,8 @@ from ipa_tiny import ipadapter_state_dict, nested, tiny_clip_vision, write_clip_
 from safetensors.torch import save_file
 
 from darkroom.engine.denoiser import CondItem
-from darkroom.ipadapter.attention import (attach, cross_attention_layers, installed, layer_weights, make_use,
-                                          unet_kwargs)
+from darkroom.ipadapter.attention import (attach, block_weight, combine, cross_attention_layers, installed,
+                                          layer_weights, make_use, unet_kwargs)
 from darkroom.ipadapter.clip_vision import ClipVision, ClipVisionFormatError, clip_vision_config, load_clip_vision
 from darkroom.ipadapter.model import IPAdapterFormatError, ipadapter_from_state_dict, load_ipadapter
 from darkroom.testing.tiny import shared_tiny_components
@@ -138,20 +138,31 @@ def test_two_uses_add_and_block_weights(unets, vision):
 
 def test_layer_weights_and_bad_options():
     assert layer_weights("linear", 0.5, sdxl=True) is None
+    assert layer_weights("ease in", 0.5, sdxl=True) is None
     assert layer_weights("style transfer", 0.5, sdxl=True) == {6: 0.5}
     assert layer_weights("composition", 1.0, sdxl=True) == {3: 1.0}
     assert layer_weights("composition", 1.0, sdxl=False) == {4: 0.25, 5: 1.0}
     assert 3 not in layer_weights("strong style transfer", 1.0, sdxl=True)
+    assert block_weight("style transfer", 0.5, sdxl=True, index=5, kind="output") == 0.0
+    assert block_weight("ease in", 1.0, sdxl=False, index=0, kind="input") == pytest.approx(1.0)
+    assert block_weight("ease out", 1.0, sdxl=True, index=0, kind="input") == pytest.approx(0.05)
+    assert block_weight("ease in-out", 2.0, sdxl=False, index=8, kind="output") == pytest.approx(2.0)
+    assert block_weight("reverse in-out", 1.0, sdxl=False, index=8, kind="output") == pytest.approx(0.05)
+    assert block_weight("weak input", 1.0, sdxl=False, index=0, kind="input") == pytest.approx(0.2)
+    assert block_weight("weak input", 1.0, sdxl=False, index=9, kind="output") == 1.0
+    assert block_weight("strong middle", 1.0, sdxl=True, index=4, kind="middle") == 1.0
+    assert block_weight("strong middle", 1.0, sdxl=True, index=5, kind="output") == pytest.approx(0.2)
     with pytest.raises(ValueError, match="not supported"):
-        layer_weights("ease in", 1.0, sdxl=False)
+        layer_weights("style transfer precise", 1.0, sdxl=False)
     with pytest.raises(ValueError, match="unknown weight_type"):
         layer_weights("sideways", 1.0, sdxl=False)
 
 
 def test_cross_attention_layer_order(unets):
     layers = cross_attention_layers(unets["sdxl-base"])
-    assert [k for _, k, _ in layers] == [str(1 + 2 * i) for i in range(len(layers))]
-    blocks = {name.split(".transformer_blocks")[0]: b for name, _, b in layers}
+    assert [k for _, k, _, _ in layers] == [str(1 + 2 * i) for i in range(len(layers))]
+    blocks = {name.split(".transformer_blocks")[0]: b for name, _, b, _ in layers}
+    assert {name[0]: kind for name, _, _, kind in layers} == {"d": "input", "m": "middle", "u": "output"}
     # execution order: down, mid, up (processor order is down, up, mid)
     down = [b for n, b in blocks.items() if n.startswith("down")]
     mid = [b for n, b in blocks.items() if n.startswith("mid")]
@@ -210,3 +221,39 @@ def test_clip_vision_file_loads_with_inferred_config(tmp_path):
     save_file({"visual.proj": torch.zeros(2, 2)}, str(tmp_path / "openclip.safetensors"))
     with pytest.raises(ClipVisionFormatError, match="Hugging Face layout"):
         load_clip_vision(tmp_path / "openclip.safetensors")
+
+
+def test_embeds_scaling_and_combining(unets, vision):
+    unet = unets["sd15"]
+    a = ipadapter_from_state_dict(ipadapter_state_dict(unet, "plain", seed=3))
+    cond, uncond = _embeds(a, vision, torch.rand(1, 32, 32, 3))
+    x, t, ctx, added = _inputs(unet, False)
+    base = _plain(unet, x, t, ctx, added)
+
+    def out(**kw):
+        return _ours(unet, [make_use(a, cond, uncond, **kw)], x, t, ctx, added)
+
+    # at weight 1, scaling K as well as V changes nothing; at 0.5 it does
+    torch.testing.assert_close(out(weight=1.0, embeds_scaling="K+V"), out(weight=1.0), atol=1e-6, rtol=0)
+    assert (out(weight=0.5, embeds_scaling="K+V") - out(weight=0.5)).abs().max() > 1e-4
+    for scaling in ("K+V w/ C penalty", "K+mean(V) w/ C penalty"):
+        got = out(weight=1.0, embeds_scaling=scaling)
+        assert (got - base).abs().max() > 1e-4 and (got - out(weight=1.0)).abs().max() > 1e-5
+        assert torch.equal(out(weight=0.0, embeds_scaling=scaling), base)
+    # several reference images: concat puts their tokens side by side, average/add/subtract combine embeddings
+    two = torch.randn(2, 32)
+    use = make_use(a, two, torch.zeros(1, 32), combine_embeds="concat")
+    assert use.cond.shape == use.uncond.shape == (1, 8, 32)  # 2 images × 4 tokens
+    torch.testing.assert_close(use.cond, torch.cat([a.project(two[:1]), a.project(two[1:])], dim=1))
+    torch.testing.assert_close(make_use(a, two, torch.zeros(1, 32), combine_embeds="average").cond,
+                               a.project(two.mean(0, keepdim=True)))
+    torch.testing.assert_close(combine(two, "subtract"), two[:1] - two[1:])
+    torch.testing.assert_close(combine(two, "norm average"), (two / two.norm(dim=0)).mean(0, keepdim=True))
+    concat = _ours(unet, [use], x, t, ctx, added)
+    assert (concat - base).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="combine_embeds"):
+        combine(two, "median")
+    with pytest.raises(ValueError, match="embeds_scaling"):
+        make_use(a, cond, uncond, embeds_scaling="Q only")
+    with pytest.raises(ValueError, match="start_at"):
+        make_use(a, cond, uncond, start_at=0.8, end_at=0.2)

@@ -108,12 +108,20 @@ def test_workflow_runs_and_matches_direct_steps(studio):
     assert np.array_equal(run(studio, with_ipadapter(1.0, start=0.2, end=0.45)), plain)
     middle = run(studio, with_ipadapter(1.0, start=0.45, end=0.55))
     assert np.abs(middle - plain).max() > 0 and np.abs(middle - guided).max() > 0
+    # two IPAdapterAdvanced in a chain: a second one at weight 0 changes nothing, at 0.8 it does
+    chained = with_ipadapter(1.0, start=0.0, end=0.7)
+    chained["14"] = copy.deepcopy(chained["13"])
+    chained["14"]["inputs"].update(model=["13", 0], weight=0.0, weight_type="ease in", combine_embeds="average")
+    chained["3"]["inputs"]["model"] = ["14", 0]
+    assert np.array_equal(run(studio, chained), guided)
+    chained["14"]["inputs"]["weight"] = 0.8
+    assert np.abs(run(studio, chained) - guided).max() > 0
     # the UNet is left as it was: a plain run after the guided ones is unchanged
     assert np.array_equal(run(studio, copy.deepcopy(BASE)), plain)
 
 
 def test_unsupported_options_fail_with_a_message(studio):
-    result = run_workflow(with_ipadapter(1.0, weight_type="ease in"), engine=studio["engine"],
+    result = run_workflow(with_ipadapter(1.0, weight_type="style transfer precise"), engine=studio["engine"],
                           input_dir=studio["input"], output_dir=studio["output"], temp_dir=studio["temp"])
     assert result.status != "success"
     assert "not supported" in str(result.error)

@@ -17,35 +17,59 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-#: IPAdapterAdvanced's weight types; those not listed in `SUPPORTED_WEIGHT_TYPES` are rejected with a message.
+#: IPAdapterAdvanced's weight types; those not in `SUPPORTED_WEIGHT_TYPES` (they need a second set of embeds) are
+#: rejected with a message.
 WEIGHT_TYPES = ("linear", "ease in", "ease out", "ease in-out", "reverse in-out", "weak input", "weak output",
                 "weak middle", "strong middle", "style transfer", "composition", "strong style transfer",
                 "style and composition", "style transfer precise", "composition precise")
-SUPPORTED_WEIGHT_TYPES = ("linear", "style transfer", "composition", "strong style transfer")
+SUPPORTED_WEIGHT_TYPES = WEIGHT_TYPES[:12]
 COMBINE_EMBEDS = ("concat", "add", "subtract", "average", "norm average")
 EMBEDS_SCALING = ("V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty")
-SUPPORTED_SCALING = ("V only", "K+V")
 
 
-def layer_weights(weight_type: str, weight: float, *, sdxl: bool) -> dict[int, float] | None:
-    """Per-transformer weights (index = transformer block in execution order: down, mid, up) or None for all.
-
-    Style / composition follow the widely used IPAdapter node: SDXL's style lives in the second transformer of the
-    first up block (index 6), its composition in the second of the last down block (index 3)."""
+def check_weight_type(weight_type: str) -> None:
+    """Raise ValueError for an unknown or unsupported weight type."""
     if weight_type not in WEIGHT_TYPES:
         raise ValueError(f"unknown weight_type {weight_type!r}; one of {', '.join(WEIGHT_TYPES)}")
     if weight_type not in SUPPORTED_WEIGHT_TYPES:
         raise ValueError(f"weight_type {weight_type!r} is not supported yet; use one of "
                          f"{', '.join(SUPPORTED_WEIGHT_TYPES)}")
+
+
+def layer_weights(weight_type: str, weight: float, *, sdxl: bool) -> dict[int, float] | None:
+    """The block-selecting weight types as {transformer index: weight} (other indices get 0); None for the rest.
+
+    Indices count transformer blocks in execution order (down, mid, up). As the widely used IPAdapter node: SDXL's
+    style lives in the second transformer of the first up block (index 6), its composition in the second of the
+    last down block (index 3); SD1's composition in the last down block's (4, 5)."""
+    check_weight_type(weight_type)
     w = float(weight)
-    if weight_type == "linear":
-        return None
     if weight_type == "style transfer":
         return {6: w} if sdxl else {i: w for i in (0, 1, 2, 3, 9, 10, 11, 12, 13, 14, 15)}
     if weight_type == "composition":
         return {3: w} if sdxl else {4: w * 0.25, 5: w}
-    # strong style transfer: every block but the composition ones
-    return {i: w for i in range(11) if i != 3} if sdxl else {i: w for i in range(16) if i not in (4, 5)}
+    if weight_type == "strong style transfer":  # every block but the composition ones
+        return {i: w for i in range(11) if i != 3} if sdxl else {i: w for i in range(16) if i not in (4, 5)}
+    return None
+
+
+def block_weight(weight_type: str, weight: float, *, sdxl: bool, index: int, kind: str) -> float:
+    """The weight at one transformer block: `index` in execution order, `kind` "input" / "middle" / "output"."""
+    blocks = layer_weights(weight_type, weight, sdxl=sdxl)
+    if blocks is not None:
+        return float(blocks.get(index, 0.0))
+    w, layers = float(weight), (11 if sdxl else 16)
+    if weight_type == "ease in":
+        return w * (0.05 + 0.95 * (1 - index / layers))
+    if weight_type == "ease out":
+        return w * (0.05 + 0.95 * (index / layers))
+    if weight_type == "ease in-out":
+        return w * (0.05 + 0.95 * (1 - abs(index - layers / 2) / (layers / 2)))
+    if weight_type == "reverse in-out":
+        return w * (0.05 + 0.95 * (abs(index - layers / 2) / (layers / 2)))
+    weak = {"weak input": ("input",), "weak middle": ("middle",), "weak output": ("output",),
+            "strong middle": ("input", "output")}.get(weight_type, ())
+    return w * 0.2 if kind in weak else w
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,14 +80,15 @@ class IPAdapterUse:
     cond: torch.Tensor  # (1, T, C) image-prompt tokens
     uncond: torch.Tensor  # (1, T, C) tokens of the "no image" prompt
     weight: float = 1.0
-    blocks: dict[int, float] | None = None  # per-transformer weights (None: `weight` everywhere)
+    weight_type: str = "linear"
+    sdxl: bool = False  # which block layout the block-selecting weight types refer to
     start_percent: float = 0.0
     end_percent: float = 1.0
     scaling: str = "V only"
 
-    def weight_at(self, block: int) -> float:
-        """The weight at transformer block `block` (execution order)."""
-        return self.weight if self.blocks is None else float(self.blocks.get(block, 0.0))
+    def weight_at(self, index: int, kind: str = "") -> float:
+        """The weight at transformer block `index` (execution order) of `kind` "input" / "middle" / "output"."""
+        return block_weight(self.weight_type, self.weight, sdxl=self.sdxl, index=index, kind=kind)
 
 
 def combine(embeds: torch.Tensor, how: str) -> torch.Tensor:
@@ -78,7 +103,7 @@ def combine(embeds: torch.Tensor, how: str) -> torch.Tensor:
         return embeds[:1] - embeds[1:].sum(0, keepdim=True)
     if how == "average":
         return embeds.mean(0, keepdim=True)
-    raise ValueError("combine_embeds 'norm average' is not supported yet; use concat, add, subtract or average")
+    return (embeds / embeds.norm(dim=0, keepdim=True)).mean(0, keepdim=True)  # norm average, as the IPAdapter node
 
 
 def make_use(adapter: Any, cond_embeds: torch.Tensor, uncond_embeds: torch.Tensor, *, weight: float = 1.0,
@@ -87,17 +112,16 @@ def make_use(adapter: Any, cond_embeds: torch.Tensor, uncond_embeds: torch.Tenso
     """An IPAdapterUse from CLIP embeds of the reference images (B, …) and of the empty image (1, …)."""
     if embeds_scaling not in EMBEDS_SCALING:
         raise ValueError(f"unknown embeds_scaling {embeds_scaling!r}; one of {', '.join(EMBEDS_SCALING)}")
-    if embeds_scaling not in SUPPORTED_SCALING:
-        raise ValueError(f"embeds_scaling {embeds_scaling!r} is not supported yet; use 'V only' or 'K+V'")
     if not 0.0 <= start_at <= end_at <= 1.0:
         raise ValueError(f"start_at/end_at must satisfy 0 <= start_at <= end_at <= 1, got {start_at}, {end_at}")
-    blocks = layer_weights(weight_type, weight, sdxl=sdxl)
+    check_weight_type(weight_type)
     cond = adapter.project(combine(cond_embeds, combine_embeds))  # (B', T, C)
     uncond = adapter.project(uncond_embeds[:1])  # (1, T, C)
     if cond.shape[0] > 1:  # concat: every image's tokens side by side
         cond = cond.reshape(1, -1, cond.shape[-1])
         uncond = uncond.repeat(1, cond.shape[1] // uncond.shape[1], 1)
-    return IPAdapterUse(adapter, cond, uncond, float(weight), blocks, float(start_at), float(end_at), embeds_scaling)
+    return IPAdapterUse(adapter, cond, uncond, float(weight), weight_type, sdxl, float(start_at), float(end_at),
+                        embeds_scaling)
 
 
 # -- the per-call data and the processor ------------------------------------------------------------------------
@@ -120,8 +144,8 @@ class ImagePromptCall:
 class IPAttnProcessor:
     """A cross-attention processor: the wrapped processor's output plus the image-prompt attention of each use."""
 
-    def __init__(self, base: Any, key: str, block: int) -> None:
-        self.base, self.key, self.block = base, key, block
+    def __init__(self, base: Any, key: str, block: int, kind: str = "") -> None:
+        self.base, self.key, self.block, self.kind = base, key, block, kind
 
     def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
@@ -132,7 +156,7 @@ class IPAttnProcessor:
         q = None
         extra = None
         for entry in ip_hidden_states.entries:
-            w = entry.use.weight_at(self.block)
+            w = entry.use.weight_at(self.block, self.kind)
             layer = entry.use.adapter.ip_adapter[self.key] if self.key in entry.use.adapter.ip_adapter else None
             if w == 0.0 or layer is None:
                 continue
@@ -140,22 +164,34 @@ class IPAttnProcessor:
                 q = attn.to_q(hidden_states)  # (N, L, inner)
             n = q.shape[0]
             tokens = entry.tokens.to(q.device, layer.to_k_ip.weight.dtype)
-            factor = (entry.rows.to(q.device, q.dtype) * w).view(n, 1, 1)  # (N, 1, 1)
+            rows = entry.rows.to(q.device, q.dtype).view(n, 1, 1)  # (N, 1, 1): 1 where the row carries the use
             k = layer.to_k_ip(tokens).to(q.dtype)
-            v = layer.to_v_ip(tokens).to(q.dtype) * factor
-            if entry.use.scaling == "K+V":
-                k = k * factor
+            v = layer.to_v_ip(tokens).to(q.dtype)
+            k, v = _scaled(k, v, w, entry.use.scaling)
 
             def heads(t: torch.Tensor) -> torch.Tensor:  # (N, L, inner) → (N, h, L, d)
                 return t.reshape(n, t.shape[1], attn.heads, -1).transpose(1, 2)
 
             ip = torch.nn.functional.scaled_dot_product_attention(heads(q), heads(k), heads(v))
-            ip = ip.transpose(1, 2).reshape(n, q.shape[1], -1)
+            ip = ip.transpose(1, 2).reshape(n, q.shape[1], -1) * rows
             extra = ip if extra is None else extra + ip
         if extra is None:
             return out
         # to_out[0] is linear: to_out(a + b) = to_out(a) + W·b, so the image term joins after the base processor.
         return out + torch.nn.functional.linear(extra, attn.to_out[0].weight) / attn.rescale_output_factor
+
+
+def _scaled(k: torch.Tensor, v: torch.Tensor, w: float, scaling: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image keys/values (N, T, inner) weighted as the IPAdapter node's embeds_scaling modes."""
+    if scaling == "V only":
+        return k, v * w
+    if scaling == "K+V":
+        return k * w, v * w
+    w = w * k.shape[-1] / 1280.0  # "C penalty": narrower layers get less
+    if scaling == "K+V w/ C penalty":
+        return k * w, v * w
+    mean = v.mean(dim=1, keepdim=True)  # K+mean(V) w/ C penalty
+    return k * w, (v - mean) + mean * w
 
 
 def _transformer_order(names: Sequence[str]) -> dict[str, int]:
@@ -177,7 +213,8 @@ def _transformer_order(names: Sequence[str]) -> dict[str, int]:
 
 
 def cross_attention_layers(unet: Any) -> list[tuple[str, str, int]]:
-    """(processor name, ip_adapter key, transformer index) of each cross-attention layer, in processor order."""
+    """(processor name, ip_adapter key, transformer index, block kind) of each cross-attention layer, in processor
+    order; kind is "input" / "middle" / "output" (ComfyUI's names for down / mid / up blocks)."""
     names = list(unet.attn_processors)
     order = _transformer_order(names)
     out, key = [], 1
@@ -186,7 +223,8 @@ def cross_attention_layers(unet: Any) -> list[tuple[str, str, int]]:
             continue
         m = re.match(r"(down_blocks\.\d+|mid_block|up_blocks\.\d+)\.attentions\.(\d+)\.", name)
         block = order[f"{m.group(1)}.attentions.{m.group(2)}"] if m else -1
-        out.append((name, str(key), block))
+        kind = {"d": "input", "m": "middle", "u": "output"}[name[0]] if m else ""
+        out.append((name, str(key), block, kind))
         key += 2
     return out
 
@@ -194,11 +232,11 @@ def cross_attention_layers(unet: Any) -> list[tuple[str, str, int]]:
 def check_fits(adapter: Any, unet: Any) -> None:
     """Raise a clear ValueError when an IP-Adapter was made for another UNet (layer count or widths differ)."""
     layers = cross_attention_layers(unet)
-    keys = {k for _, k, _ in layers}
+    keys = {k for _, k, _, _ in layers}
     if set(adapter.ip_adapter.keys()) != keys:
         raise ValueError(f"IP-Adapter {adapter.name!r} has {len(adapter.ip_adapter)} cross-attention layers but the "
                          f"model has {len(layers)}: it was made for another model family (SD1.x vs SDXL)")
-    for name, key, _ in layers:
+    for name, key, _, _ in layers:
         attn = unet.get_submodule(name[: -len(".processor")])
         layer = adapter.ip_adapter[key]
         if layer.to_k_ip.out_features != attn.to_k.out_features or \
@@ -217,8 +255,8 @@ def installed(unet: Any, uses: Sequence[IPAdapterUse]) -> Iterator[None]:
         check_fits(use.adapter, unet)
     originals = dict(unet.attn_processors)
     new = dict(originals)
-    for name, key, block in cross_attention_layers(unet):
-        new[name] = IPAttnProcessor(originals[name], key, block)
+    for name, key, block, kind in cross_attention_layers(unet):
+        new[name] = IPAttnProcessor(originals[name], key, block, kind)
     unet.set_attn_processor(new)
     try:
         yield
