@@ -1,12 +1,13 @@
 """Control beyond prompting: ControlNets and T2I-Adapters, their preprocessors, and applying them while sampling.
 
     model = load_control_model("models/controlnet/control_v11p_sd15_canny.safetensors")
-    hint = preprocess("canny", image_uint8, resolution=512)          # (H, W, 3) float in [0, 1]
-    positive, negative = apply_control(positive, negative, model, hint_images, strength=0.8, end_percent=0.6)
+    hint = prepare_hint(images, "canny", resolution=512, width=768, height=512)  # IMAGE (B, 512, 768, 3)
+    positive, negative = apply_control(positive, negative, model, hint, strength=0.8, end_percent=0.6)
 
 `loader` detects and loads files (every layout people download), `convert` renames their keys, `model` wraps the
 diffusers modules, `apply` attaches units to conditioning and computes residuals for the denoiser, `preprocess` /
-`openpose` / `annotators` make hint images, `units` is the request-level unit (A1111's ControlNet API).
+`openpose` / `annotators` make hint images, `units` is the request-level unit (A1111's ControlNet API), `graph`
+turns units into workflow nodes, `names` lists and finds control models by A1111 titles.
 Names are imported lazily: importing the package costs nothing.
 """
 
@@ -16,6 +17,21 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "AppliedControl": ".apply",
+    "apply_control": ".apply",
+    "ControlNetUnit": ".units",
+    "ControlUnitError": ".units",
+    "attach_units": ".units",
+    "parse_a1111_unit": ".units",
+    "fit_to_size": ".preprocess",
+    "get_preprocessor": ".preprocess",
+    "prepare_hint": ".preprocess",
+    "preprocess": ".preprocess",
+    "preprocessor_names": ".preprocess",
+    "render_pose": ".openpose",
+    "AnnotatorMissingError": ".annotators",
+    "find_control_model": ".names",
+    "control_model_titles": ".names",
     "ControlFileInfo": ".loader",
     "describe_control_file": ".loader",
     "detect_control": ".loader",
