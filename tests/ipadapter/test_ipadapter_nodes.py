@@ -125,6 +125,24 @@ def test_unsupported_options_fail_with_a_message(studio):
                           input_dir=studio["input"], output_dir=studio["output"], temp_dir=studio["temp"])
     assert result.status != "success"
     assert "not supported" in str(result.error)
+    masked = with_ipadapter(1.0)
+    masked["15"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 64, "height": 64}}
+    masked["13"]["inputs"]["attn_mask"] = ["15", 0]
+    result = run_workflow(masked, engine=studio["engine"], input_dir=studio["input"], output_dir=studio["output"],
+                          temp_dir=studio["temp"])
+    assert result.status != "success" and "attn_mask" in str(result.error)
+
+
+def test_negative_image_gives_the_uncond_tokens(studio):
+    root = studio["root"]
+    vision = load_clip_vision(root / "clip_vision" / "tiny-vit.safetensors")
+    adapter = load_ipadapter(root / "ipadapter" / "ip-plus-sd15.safetensors")
+    img, neg = torch.rand(1, 32, 32, 3), torch.rand(1, 32, 32, 3)
+    use = reference_use(adapter, vision, img, image_negative=neg)
+    torch.testing.assert_close(use.uncond, adapter.project(vision.encode(neg).penultimate_hidden_states))
+    default = reference_use(adapter, vision, img)
+    torch.testing.assert_close(default.cond, use.cond)
+    assert not torch.allclose(default.uncond, use.uncond)
 
 
 def test_clip_vision_encode_node(studio):

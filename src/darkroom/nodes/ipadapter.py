@@ -114,12 +114,15 @@ class IPAdapterAdvanced(Node):
         "start_at": Input(Types.FLOAT, default=0.0, min=0.0, max=1.0, step=0.001),
         "end_at": Input(Types.FLOAT, default=1.0, min=0.0, max=1.0, step=0.001),
         "embeds_scaling": Input(Types.COMBO, choices=_scaling),
+        "image_negative": Input(Types.IMAGE, optional=True),
+        "attn_mask": Input(Types.MASK, optional=True),
         "clip_vision": Input(Types.CLIP_VISION, optional=True),
     }
     outputs = [Output(Types.MODEL)]
 
     def execute(self, ctx: NodeContext, model: ModelRef, ipadapter: Any, image: torch.Tensor, weight: float,
                 weight_type: str, combine_embeds: str, start_at: float, end_at: float, embeds_scaling: str,
+                image_negative: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
                 clip_vision: Any = None) -> tuple[Any, ...]:
         from ..ipadapter.attention import check_fits
         from ..ipadapter.clip_vision import ClipVision
@@ -134,26 +137,32 @@ class IPAdapterAdvanced(Node):
         check_type(clip_vision, ClipVision, "clip_vision", self.name)
         if not isinstance(image, torch.Tensor) or image.ndim != 4:
             raise TypeError(f"{self.name}: input 'image' must be an IMAGE (B, H, W, C)")
+        if attn_mask is not None:
+            raise ValueError(f"{self.name}: attn_mask is not supported yet; disconnect it (the reference then "
+                             f"applies to the whole image)")
         check_fits(ipadapter, model.checkpoint.unet)
         use = reference_use(ipadapter, clip_vision, image, weight=weight, weight_type=weight_type,
                             combine_embeds=combine_embeds, start_at=start_at, end_at=end_at,
-                            embeds_scaling=embeds_scaling,
+                            embeds_scaling=embeds_scaling, image_negative=image_negative,
                             sdxl=model.checkpoint.kind.family in (Family.SDXL, Family.SDXL_REFINER))
         return (replace(model, ipadapters=(*model.ipadapters, use)),)
 
 
-def reference_use(ipadapter: Any, clip_vision: Any, image: torch.Tensor, **kw: Any) -> Any:
-    """An IPAdapterUse for reference images: encoded (centre crop) with the adapter's embedding, the uncond from a
-    black image (hidden-state models) or zeros (plain models), as the IPAdapter node."""
+def reference_use(ipadapter: Any, clip_vision: Any, image: torch.Tensor, *,
+                  image_negative: torch.Tensor | None = None, **kw: Any) -> Any:
+    """An IPAdapterUse for reference images: encoded (centre crop) with the adapter's embedding; the uncond from
+    `image_negative` when given, else a black image (hidden-state models) or zeros (plain models), as the IPAdapter
+    node."""
     from ..ipadapter.attention import make_use
 
-    out = clip_vision.encode(image, "center")
-    if ipadapter.uses_hidden_states:
-        cond = out.penultimate_hidden_states
+    field = "penultimate_hidden_states" if ipadapter.uses_hidden_states else "image_embeds"
+    cond = getattr(clip_vision.encode(image, "center"), field)
+    if image_negative is not None:
+        uncond = getattr(clip_vision.encode(image_negative[:1], "center"), field)
+    elif ipadapter.uses_hidden_states:
         size = clip_vision.image_size
         uncond = clip_vision.encode(torch.zeros((1, size, size, 3)), "center").penultimate_hidden_states
     else:
-        cond = out.image_embeds
         uncond = torch.zeros_like(cond[:1])
     return make_use(ipadapter, cond, uncond, **kw)
 
