@@ -247,7 +247,9 @@ def test_embeds_scaling_and_combining(unets, vision):
     torch.testing.assert_close(use.cond, torch.cat([a.project(two[:1]), a.project(two[1:])], dim=1))
     torch.testing.assert_close(make_use(a, two, torch.zeros(1, 32), combine_embeds="average").cond,
                                a.project(two.mean(0, keepdim=True)))
-    torch.testing.assert_close(combine(two, "subtract"), two[:1] - two[1:])
+    three = torch.randn(3, 32)
+    torch.testing.assert_close(combine(three, "subtract"), three[:1] - (three[1] + three[2])[None] / 2)
+    torch.testing.assert_close(combine(three, "add"), three.sum(0, keepdim=True))
     torch.testing.assert_close(combine(two, "norm average"), (two / two.norm(dim=0)).mean(0, keepdim=True))
     concat = _ours(unet, [use], x, t, ctx, added)
     assert (concat - base).abs().max() > 1e-3

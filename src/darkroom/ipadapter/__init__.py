@@ -2,7 +2,8 @@
 
     vision = load_clip_vision(path)                      # models/clip_vision/*.safetensors (HF CLIP vision layout)
     adapter = load_ipadapter(path, device=..., dtype=...) # models/ipadapter/*.safetensors (image_proj.* + ip_adapter.*)
-    use = make_use(adapter, vision.encode(image), weight=0.8, weight_type="style transfer", sdxl=True)
+    use = reference_use(adapter, vision, image, weight=0.8, weight_type="style transfer", sdxl=True)  # nodes.ipadapter
+    # or: make_use(adapter, cond_embeds, uncond_embeds, weight=…, start_at=…, end_at=…)  (attention module)
     model = replace(model_ref, ipadapters=(*model_ref.ipadapters, use))
 
 While sampling, `installed(unet, uses)` puts `IPAttnProcessor`s on the UNet's cross-attention layers (restored after)

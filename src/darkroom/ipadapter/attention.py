@@ -92,7 +92,8 @@ class IPAdapterUse:
 
 
 def combine(embeds: torch.Tensor, how: str) -> torch.Tensor:
-    """Several images' CLIP embeds (B, …) → one (1, …) by add / subtract / average (concat is done on tokens)."""
+    """Several images' CLIP embeds (B, …) → one (1, …): add, subtract (first − mean of the rest), average, norm
+    average, as the IPAdapter node (concat is done on the projected tokens, in `make_use`)."""
     if how not in COMBINE_EMBEDS:
         raise ValueError(f"unknown combine_embeds {how!r}; one of {', '.join(COMBINE_EMBEDS)}")
     if embeds.shape[0] == 1 or how == "concat":
@@ -100,7 +101,7 @@ def combine(embeds: torch.Tensor, how: str) -> torch.Tensor:
     if how == "add":
         return embeds.sum(0, keepdim=True)
     if how == "subtract":
-        return embeds[:1] - embeds[1:].sum(0, keepdim=True)
+        return embeds[:1] - embeds[1:].mean(0, keepdim=True)
     if how == "average":
         return embeds.mean(0, keepdim=True)
     return (embeds / embeds.norm(dim=0, keepdim=True)).mean(0, keepdim=True)  # norm average, as the IPAdapter node
