@@ -129,6 +129,7 @@ def common_ksampler(
         pos, neg = attach(pos, model.ipadapters, ms), attach(neg, model.ipadapters, ms)
     use_model(engine, model)
     try:
+        # seamless tiling (circular UNet convolutions) and IP-Adapter processors: for this run only
         with model_padding(model), _ip_processors(ckpt.unet, model.ipadapters):
             out = pipeline.ksample(
                 ckpt, samples, pos, neg, seed=int(seed), steps=steps, cfg=cfg, sampler=sampler_name,
