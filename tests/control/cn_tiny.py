@@ -4,13 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 from darkroom.control.convert import LDM_PREFIX, controlnet_diffusers_to_ldm, t2i_diffusers_to_original
 
 #: The hint encoder of a tiny ControlNet: four levels like the real (16, 32, 96, 256), so hints are 8× the latent.
 COND_CHANNELS = (4, 8, 8, 16)
+
+
+def square_picture(size: int = 64, lo: int = 16, hi: int = 48) -> Image.Image:
+    """A white square on black (what a canny map of a shape looks like)."""
+    arr = np.zeros((size, size, 3), np.uint8)
+    arr[lo:hi, lo:hi] = 255
+    return Image.fromarray(arr)
 
 
 def jitter(module: torch.nn.Module, seed: int, scale: float = 0.05) -> torch.nn.Module:

@@ -5,16 +5,25 @@ parsing accepts the extension's field forms and refuses bad ones by field."""
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import square_picture
+sys.path.insert(0, str(Path(__file__).parent))
+from cn_studio import shared_control_studio  # noqa: E402
+from cn_tiny import square_picture  # noqa: E402
 
-from darkroom.control.units import ControlNetUnit, ControlUnitError, a1111_units, parse_a1111_unit
-from darkroom.engine import GenerationParams, HiresParams, RequestError
-from darkroom.nodes import run_workflow
+from darkroom.control.units import ControlNetUnit, ControlUnitError, a1111_units, parse_a1111_unit  # noqa: E402
+from darkroom.engine import GenerationParams, HiresParams, RequestError  # noqa: E402
+from darkroom.nodes import run_workflow  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def control_studio():
+    """The shared tiny models folder with ControlNets (built once per process)."""
+    return shared_control_studio()
 
 
 @pytest.fixture(scope="module")

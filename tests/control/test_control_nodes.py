@@ -6,17 +6,23 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from darkroom.control.apply import apply_control
-from darkroom.control.loader import load_control_model
-from darkroom.control.preprocess import prepare_hint
-from darkroom.engine import pipeline
-from darkroom.nodes import run_workflow
+sys.path.insert(0, str(Path(__file__).parent))
+
+from cn_studio import shared_control_studio  # noqa: E402
+
+from darkroom.control.apply import apply_control  # noqa: E402
+from darkroom.control.loader import load_control_model  # noqa: E402
+from darkroom.control.preprocess import prepare_hint  # noqa: E402
+from darkroom.engine import pipeline  # noqa: E402
+from darkroom.nodes import run_workflow  # noqa: E402
 
 SEED, STEPS, CFG = 7, 3, 5.0
 BASE: dict = {
@@ -31,6 +37,11 @@ BASE: dict = {
     "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
     "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "cn", "images": ["8", 0]}},
 }
+
+@pytest.fixture(scope="module")
+def control_studio():
+    """The shared tiny models folder with ControlNets (built once per process)."""
+    return shared_control_studio()
 
 
 def controlled(loader: dict, *, strength: float = 0.9, start: float = 0.0, end: float = 0.8,

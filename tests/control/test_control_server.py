@@ -15,7 +15,9 @@ import pytest
 import webuiapi
 from PIL import Image
 
-from conftest import square_picture
+sys.path.insert(0, str(Path(__file__).parent))
+from cn_studio import shared_control_studio  # noqa: E402
+from cn_tiny import square_picture  # noqa: E402
 
 HERE = Path(__file__).parent
 
@@ -28,6 +30,12 @@ def _live_server_class():
         sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
         spec.loader.exec_module(module)
     return module.LiveServer
+
+
+@pytest.fixture(scope="module")
+def control_studio():
+    """The shared tiny models folder with ControlNets (built once per process)."""
+    return shared_control_studio()
 
 
 @pytest.fixture(scope="module")

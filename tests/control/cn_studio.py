@@ -1,22 +1,24 @@
-"""A tiny models folder with ControlNets in the real layouts, and an Engine over it (shared by node, engine and
-server tests of the control area)."""
+"""A tiny models folder with ControlNets in the real layouts, and an Engine over it, built once per process (shared
+by the node, engine and server tests of the control area; not a conftest.py, so that `pytest tests/server
+tests/control` keeps working for test modules that import names from their own conftest)."""
 
 from __future__ import annotations
 
+import atexit
+import functools
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pytest
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from cn_tiny import tiny_controlnet, tiny_t2i_adapter, write_controlnet, write_t2i_adapter  # noqa: E402
+from cn_tiny import (square_picture, tiny_controlnet, tiny_t2i_adapter, write_controlnet,  # noqa: E402
+                     write_t2i_adapter)
 
 #: Control files in the models folder: name → layout.
 CONTROL_FILES = {
@@ -24,13 +26,6 @@ CONTROL_FILES = {
     "diff_control_sd15_tiny.safetensors": "diff",
     "t2iadapter_tiny_sd15.safetensors": "t2i",
 }
-
-
-def square_picture(size: int = 64, lo: int = 16, hi: int = 48) -> Image.Image:
-    """A white square on black (what a canny map of a shape looks like)."""
-    arr = np.zeros((size, size, 3), np.uint8)
-    arr[lo:hi, lo:hi] = 255
-    return Image.fromarray(arr)
 
 
 @dataclass
@@ -43,14 +38,16 @@ class ControlStudio:
     controlnet: torch.nn.Module  # the diffusers module written in every ControlNet layout
 
 
-@pytest.fixture(scope="session")
-def control_studio(tmp_path_factory) -> ControlStudio:
+@functools.lru_cache(maxsize=None)
+def shared_control_studio() -> ControlStudio:
+    """The studio, made once per process in a temporary folder removed at exit."""
     from darkroom.engine import Engine
     from darkroom.settings import Settings
     from darkroom.testing.tiny import shared_tiny_checkpoint, shared_tiny_components
 
     torch.set_num_threads(2)
-    root = tmp_path_factory.mktemp("control-models")
+    root = Path(tempfile.mkdtemp(prefix="darkroom-control-"))
+    atexit.register(shutil.rmtree, root, True)
     (root / "checkpoints").mkdir()
     shutil.copy(shared_tiny_checkpoint("sd15"), root / "checkpoints" / "tiny-sd15.safetensors")
     unet = shared_tiny_components("sd15")["unet"]
