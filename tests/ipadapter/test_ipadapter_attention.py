@@ -57,7 +57,7 @@ def _embeds(adapter, vision, images):
 
 def _ours(unet, uses, x, t, ctx, added, sigma=5.0, negs=(False, True)):
     items = attach([CondItem(cross_attn=ctx[:1])] * 2, uses, _Sched())
-    kw = unet_kwargs(items, list(negs), sigma)
+    kw = unet_kwargs(items, list(negs), sigma, tuple(x.shape[-2:]))
     extra = {"added_cond_kwargs": added} if added else {}
     with torch.no_grad(), installed(unet, uses):
         return unet(x, t, encoder_hidden_states=ctx, **extra, **kw).sample
@@ -259,3 +259,23 @@ def test_embeds_scaling_and_combining(unets, vision):
         make_use(a, cond, uncond, embeds_scaling="Q only")
     with pytest.raises(ValueError, match="start_at"):
         make_use(a, cond, uncond, start_at=0.8, end_at=0.2)
+
+
+def test_attention_mask(unets, vision):
+    unet = unets["sd15"]
+    a = ipadapter_from_state_dict(ipadapter_state_dict(unet, "plain", seed=4))
+    cond, uncond = _embeds(a, vision, torch.rand(1, 32, 32, 3))
+    x, t, ctx, added = _inputs(unet, False)
+    base = _plain(unet, x, t, ctx, added)
+    full = _ours(unet, [make_use(a, cond, uncond)], x, t, ctx, added)
+    ones = _ours(unet, [make_use(a, cond, uncond, mask=torch.ones(64, 64))], x, t, ctx, added)
+    zeros = _ours(unet, [make_use(a, cond, uncond, mask=torch.zeros(1, 64, 64))], x, t, ctx, added)
+    half_mask = torch.zeros(1, 64, 64)
+    half_mask[:, :, :32] = 1.0
+    half = _ours(unet, [make_use(a, cond, uncond, mask=half_mask)], x, t, ctx, added)
+    assert torch.equal(ones, full) and torch.equal(zeros, base)
+    assert (half - full).abs().max() > 1e-4 and (half - base).abs().max() > 1e-4
+    # the masked-out right half moves less than the left half
+    assert (half - base)[..., 6:].abs().mean() < (half - base)[..., :2].abs().mean()
+    with pytest.raises(ValueError, match="MASK"):
+        make_use(a, cond, uncond, mask=torch.ones(1, 1, 4, 4))

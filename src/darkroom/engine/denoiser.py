@@ -163,7 +163,7 @@ class UNetDenoiser:
         if any("ipadapter" in it.extra for it in items):  # IP-Adapter image-prompt tokens per row
             from ..ipadapter.attention import unet_kwargs
 
-            kwargs.update(unet_kwargs(items, negs, float(sigma[0])))
+            kwargs.update(unet_kwargs(items, negs, float(sigma[0]), (model_in.shape[2], model_in.shape[3])))
         if concat is not None:
             model_in = torch.cat([model_in, concat.to(model_in)], dim=1)
         out = self.unet(model_in.to(self.device, self.dtype), t.to(self.device), encoder_hidden_states=ctx,

@@ -85,6 +85,7 @@ class IPAdapterUse:
     start_percent: float = 0.0
     end_percent: float = 1.0
     scaling: str = "V only"
+    mask: torch.Tensor | None = None  # (1, H, W) where the reference applies (1) in image space; None: everywhere
 
     def weight_at(self, index: int, kind: str = "") -> float:
         """The weight at transformer block `index` (execution order) of `kind` "input" / "middle" / "output"."""
@@ -109,20 +110,24 @@ def combine(embeds: torch.Tensor, how: str) -> torch.Tensor:
 
 def make_use(adapter: Any, cond_embeds: torch.Tensor, uncond_embeds: torch.Tensor, *, weight: float = 1.0,
              weight_type: str = "linear", combine_embeds: str = "concat", start_at: float = 0.0, end_at: float = 1.0,
-             embeds_scaling: str = "V only", sdxl: bool = False) -> IPAdapterUse:
+             embeds_scaling: str = "V only", sdxl: bool = False, mask: torch.Tensor | None = None) -> IPAdapterUse:
     """An IPAdapterUse from CLIP embeds of the reference images (B, …) and of the empty image (1, …)."""
     if embeds_scaling not in EMBEDS_SCALING:
         raise ValueError(f"unknown embeds_scaling {embeds_scaling!r}; one of {', '.join(EMBEDS_SCALING)}")
     if not 0.0 <= start_at <= end_at <= 1.0:
         raise ValueError(f"start_at/end_at must satisfy 0 <= start_at <= end_at <= 1, got {start_at}, {end_at}")
     check_weight_type(weight_type)
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3):
+            raise ValueError("attn_mask must be a MASK (B, H, W) or (H, W)")
+        mask = (mask if mask.ndim == 3 else mask[None])[:1].float().cpu()  # (1, H, W)
     cond = adapter.project(combine(cond_embeds, combine_embeds))  # (B', T, C)
     uncond = adapter.project(uncond_embeds[:1])  # (1, T, C)
     if cond.shape[0] > 1:  # concat: every image's tokens side by side
         cond = cond.reshape(1, -1, cond.shape[-1])
         uncond = uncond.repeat(1, cond.shape[1] // uncond.shape[1], 1)
     return IPAdapterUse(adapter, cond, uncond, float(weight), weight_type, sdxl, float(start_at), float(end_at),
-                        embeds_scaling)
+                        embeds_scaling, mask)
 
 
 # -- the per-call data and the processor ------------------------------------------------------------------------
@@ -140,6 +145,21 @@ class ImagePromptCall:
     """Everything the IP processors need for one UNet call (passed as cross_attention_kwargs["ip_hidden_states"])."""
 
     entries: list[ImagePromptRows]
+    latent_hw: tuple[int, int] | None = None  # the UNet input's (h, w): places attention masks on each level
+
+
+def _mask_tokens(mask: torch.Tensor, latent_hw: tuple[int, int] | None, length: int) -> torch.Tensor | None:
+    """A (1, H, W) mask as (1, L, 1) weights over a layer's L image tokens (the level found from the latent size)."""
+    if latent_hw is None:
+        return None
+    h, w = latent_hw
+    for level in range(6):
+        d = 2 ** level
+        lh, lw = -(-h // d), -(-w // d)
+        if lh * lw == length:
+            m = torch.nn.functional.interpolate(mask[None], size=(lh, lw), mode="bilinear", align_corners=False)
+            return m.reshape(1, length, 1)
+    return None
 
 
 class IPAttnProcessor:
@@ -175,6 +195,10 @@ class IPAttnProcessor:
 
             ip = torch.nn.functional.scaled_dot_product_attention(heads(q), heads(k), heads(v))
             ip = ip.transpose(1, 2).reshape(n, q.shape[1], -1) * rows
+            if entry.use.mask is not None:
+                m = _mask_tokens(entry.use.mask, ip_hidden_states.latent_hw, q.shape[1])
+                if m is not None:
+                    ip = ip * m.to(ip.device, ip.dtype)
             extra = ip if extra is None else extra + ip
         if extra is None:
             return out
@@ -274,8 +298,10 @@ def attach(items: list, uses: Sequence[IPAdapterUse], model_sampling: Any) -> li
     return [it.with_(extra={**it.extra, "ipadapter": (*it.extra.get("ipadapter", ()), *marks)}) for it in items]
 
 
-def unet_kwargs(items: list, negs: list[bool], sigma: float) -> dict[str, Any]:
-    """The UNet's cross_attention_kwargs for one call: each active use's tokens per row (uncond on negative rows)."""
+def unet_kwargs(items: list, negs: list[bool], sigma: float,
+                latent_hw: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The UNet's cross_attention_kwargs for one call: each active use's tokens per row (uncond on negative rows);
+    `latent_hw`: the UNet input's size, for attention masks (masked uses apply everywhere without it)."""
     groups: dict[int, tuple[tuple, list[int]]] = {}
     for row, item in enumerate(items):
         for mark in item.extra.get("ipadapter", ()):
@@ -291,4 +317,6 @@ def unet_kwargs(items: list, negs: list[bool], sigma: float) -> dict[str, Any]:
             tokens[r] = (use.uncond if negs[r] else use.cond)[0]
             factor[r] = 1.0
         entries.append(ImagePromptRows(use, tokens, factor))
-    return {"cross_attention_kwargs": {"ip_hidden_states": ImagePromptCall(entries)}} if entries else {}
+    if not entries:
+        return {}
+    return {"cross_attention_kwargs": {"ip_hidden_states": ImagePromptCall(entries, latent_hw)}}

@@ -137,13 +137,10 @@ class IPAdapterAdvanced(Node):
         check_type(clip_vision, ClipVision, "clip_vision", self.name)
         if not isinstance(image, torch.Tensor) or image.ndim != 4:
             raise TypeError(f"{self.name}: input 'image' must be an IMAGE (B, H, W, C)")
-        if attn_mask is not None:
-            raise ValueError(f"{self.name}: attn_mask is not supported yet; disconnect it (the reference then "
-                             f"applies to the whole image)")
         check_fits(ipadapter, model.checkpoint.unet)
         use = reference_use(ipadapter, clip_vision, image, weight=weight, weight_type=weight_type,
                             combine_embeds=combine_embeds, start_at=start_at, end_at=end_at,
-                            embeds_scaling=embeds_scaling, image_negative=image_negative,
+                            embeds_scaling=embeds_scaling, image_negative=image_negative, mask=attn_mask,
                             sdxl=model.checkpoint.kind.family in (Family.SDXL, Family.SDXL_REFINER))
         return (replace(model, ipadapters=(*model.ipadapters, use)),)
 
