@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dec-steps", type=int, default=1500, help="decoder-only fine-tuning steps on whole images")
     ap.add_argument("--dec-batch", type=int, default=8)
     ap.add_argument("--dec-lr", type=float, default=5e-4)
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--high-t-from", type=int, default=400, help="half of each batch draws t from [this, 1000)")
@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--min-snr", type=float, default=5.0)
     ap.add_argument("--high-noise-weight", type=float, default=20.0, help="cap of the 1/ᾱ loss factor")
     ap.add_argument("--caption-dropout", type=float, default=0.1)
-    ap.add_argument("--save-every", type=int, default=500)
+    ap.add_argument("--save-every", type=int, default=250)
     ap.add_argument("--resume", default=None, help="a step_XXXXX folder to start the UNet/text encoder from")
     args = ap.parse_args(argv)
 

@@ -21,8 +21,14 @@ _NAMES = list(COLOURS)
 _PALETTE = np.array([COLOURS[n] for n in _NAMES], dtype=np.float32)  # (C, 3)
 #: Area of each kind relative to the square of its circumscribed diameter (see dataset.shape_polygon).
 _AREA_FACTOR = {"circle": np.pi / 4, "square": 0.64, "triangle": 0.45, "star": 0.364}
-#: Prototype (extent, solidity) per kind.
-_PROTOTYPES = {"square": (1.0, 1.0), "circle": (0.785, 1.0), "triangle": (0.5, 1.0), "star": (0.38, 0.56)}
+#: Prototype (extent, solidity, drop) per kind; drop = how far below the bounding box's middle the centroid lies, in
+#: box heights (an upright triangle is bottom-heavy: 1/6; a five-pointed star slightly: 0.05; circle, square: 0).
+_PROTOTYPES = {
+    "square": (1.0, 1.0, 0.0),
+    "circle": (0.785, 1.0, 0.0),
+    "triangle": (0.5, 1.0, 0.167),
+    "star": (0.38, 0.56, 0.053),
+}
 _FG_DISTANCE = 45.0  # RGB distance from the background that marks a pixel as foreground (half the closest pair)
 _MIN_AREA = 12  # pixels; smaller blobs are noise
 _SIZE_SPLIT = 21.5  # px of estimated diameter between "small" (13–17) and "large" (26–31)
@@ -40,6 +46,7 @@ class FoundShape:
     area: int
     extent: float
     solidity: float
+    drop: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -76,28 +83,34 @@ def position_name(x: float, y: float, width: int, height: int) -> str:
     return next(name for name, cell in POSITIONS.items() if cell == (col, row))
 
 
-def classify_kind(extent: float, solidity: float) -> str:
-    """Nearest prototype in (extent, solidity); solidity counts double because it alone separates the star."""
+def classify_kind(extent: float, solidity: float, drop: float = 0.0) -> str:
+    """Nearest prototype in (extent, solidity, drop).
+
+    Solidity counts double because it alone separates the star; drop counts 8× because it stays telling when
+    corners are soft (a blurred triangle's extent and solidity drift towards a circle's, its centroid stays low).
+    """
     best, best_d = "circle", float("inf")
-    for kind, (e, s) in _PROTOTYPES.items():
-        d = (extent - e) ** 2 + 4 * (solidity - s) ** 2
+    for kind, (e, s, c) in _PROTOTYPES.items():
+        d = (extent - e) ** 2 + 4 * (solidity - s) ** 2 + 8 * (drop - c) ** 2
         if d < best_d:
             best, best_d = kind, d
     return best
 
 
-def _measure(mask: np.ndarray) -> tuple[float, float, tuple[float, float], int]:
-    """(extent, solidity, centroid, area) of a binary mask holding one blob."""
+def _measure(mask: np.ndarray) -> tuple[float, float, float, tuple[float, float], int]:
+    """(extent, solidity, drop, centroid, area) of a binary mask holding one blob."""
     area = int(mask.sum())
     ys, xs = np.nonzero(mask)
-    bbox_area = (xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1)
+    height = ys.max() - ys.min() + 1
+    bbox_area = (xs.max() - xs.min() + 1) * height
+    drop = float((ys.mean() - (ys.min() + ys.max()) / 2) / height)
     pts = np.stack([xs, ys], 1).astype(np.int32)
     # hull of the pixel squares (corners), so a one-pixel-wide blob still has an area
     corners = np.concatenate([pts, pts + [1, 0], pts + [0, 1], pts + [1, 1]]).astype(np.float32)
     hull_area = float(cv2.contourArea(cv2.convexHull(corners)))
     extent = area / float(bbox_area)
     solidity = min(1.0, area / hull_area) if hull_area > 0 else 0.0
-    return extent, solidity, (float(xs.mean()) + 0.5, float(ys.mean()) + 0.5), area
+    return extent, solidity, drop, (float(xs.mean()) + 0.5, float(ys.mean()) + 0.5), area
 
 
 def analyse(image: np.ndarray | Image.Image, *, max_shapes: int = 4) -> Analysis:
@@ -125,8 +138,8 @@ def analyse(image: np.ndarray | Image.Image, *, max_shapes: int = 4) -> Analysis
         refined = region & (np.linalg.norm(img - fg_rgb, axis=2) < dist_bg)
         if refined.sum() < _MIN_AREA:
             refined = blob
-        extent, solidity, (cx, cy), area = _measure(refined)
-        kind = classify_kind(extent, solidity)
+        extent, solidity, drop, (cx, cy), area = _measure(refined)
+        kind = classify_kind(extent, solidity, drop)
         diameter = float(np.sqrt(area / _AREA_FACTOR[kind]))
         found.append(
             FoundShape(
@@ -138,6 +151,7 @@ def analyse(image: np.ndarray | Image.Image, *, max_shapes: int = 4) -> Analysis
                 area=area,
                 extent=round(extent, 3),
                 solidity=round(solidity, 3),
+                drop=round(drop, 3),
             )
         )
     return Analysis(background=_NAMES[bg_idx], shapes=tuple(found))
