@@ -66,10 +66,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--grid", type=Path, default=None)
+    ap.add_argument("--large", action="store_true", help="the all-large suite (where shape kinds are readable)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     unet, te, vae = load(args.work, args.step)
-    specs = prompt_suite(args.n)
+    specs = prompt_suite(24, seed=99, sizes=("large",)) if args.large else prompt_suite(args.n)
     grids = []
     for cfg in args.cfg:
         t0 = time.time()

@@ -37,20 +37,22 @@ def main() -> None:
     root = Path(tempfile.mkdtemp())
     engine = Engine(load_settings(models_dir=root / "models", output_dir=root / "out", data_dir=root / "data"),
                     device="cpu", dtype="fp32")
-    specs = prompt_suite(args.n)
-    print("| cfg | background | colour | position | kind | size | all |\n|---|---|---|---|---|---|---|")
-    for cfg in args.cfg:
-        t0 = time.time()
-        scores = []
-        for k in range(args.seeds):
-            for i, s in enumerate(specs):
-                p = GenerationParams(prompt=s.prompt, seed=100 + i + 1000 * k, width=64, height=64, steps=20, cfg=cfg)
-                scores.append(score_image(engine.generate(p).images[0], s))
-        r = rates(scores)
-        print(f"| {cfg:g} | {r['background']:.0%} | {r['colour']:.0%} | {r['position']:.0%} | {r['kind']:.0%} | "
-              f"{r['size']:.0%} | {r['all']:.0%} |   ({len(scores)} images, {time.time() - t0:.0f}s)")
+    suites = {"mixed": prompt_suite(args.n), "large": prompt_suite(24, seed=99, sizes=("large",))}
+    print("| suite | cfg | background | colour | position | kind | size | all |\n|---|---|---|---|---|---|---|---|")
+    for name, specs in suites.items():
+        for cfg in args.cfg:
+            t0 = time.time()
+            scores = []
+            for k in range(args.seeds):
+                for i, s in enumerate(specs):
+                    p = GenerationParams(prompt=s.prompt, seed=100 + i + 1000 * k, width=64, height=64, steps=20,
+                                         cfg=cfg)
+                    scores.append(score_image(engine.generate(p).images[0], s))
+            r = rates(scores)
+            print(f"| {name} | {cfg:g} | {r['background']:.0%} | {r['colour']:.0%} | {r['position']:.0%} | "
+                  f"{r['kind']:.0%} | {r['size']:.0%} | {r['all']:.0%} |   ({len(scores)} images, {time.time() - t0:.0f}s)")
     if args.samplers:
-        simple = make_prompt("blue", "yellow", "circle", "centre", "large")
+        simple = make_prompt("blue", "yellow", "circle", "left", "large")
         print(f"\nsamplers on {simple.prompt!r}, seeds 1-4, cfg 5 (background+colour+position right):")
         for name in SAMPLER_NAMES:
             steps = 8 if name == "lcm" else 20

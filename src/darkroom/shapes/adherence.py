@@ -51,8 +51,11 @@ def make_prompt(background: str, colour: str, kind: str, position: str, size: st
     return PromptSpec(prompt, background, colour, kind, position, size)
 
 
-def prompt_suite(n: int = 36, seed: int = 1234) -> list[PromptSpec]:
-    """`n` single-shape prompts that cover every colour, kind and position evenly (deterministic in `seed`)."""
+def prompt_suite(n: int = 36, seed: int = 1234, sizes: tuple[str, ...] = ("large", "small", "small")) -> list[PromptSpec]:
+    """`n` single-shape prompts covering every colour, kind and position evenly; sizes cycle through `sizes`."""
+    for size in sizes:
+        if size not in SIZES:
+            raise ValueError(f"unknown size: {size!r} (known: {', '.join(SIZES)})")
     rng = random.Random(seed)
     colours, kinds, positions = list(COLOURS), list(SHAPES), list(POSITIONS)
     out: list[PromptSpec] = []
@@ -60,9 +63,8 @@ def prompt_suite(n: int = 36, seed: int = 1234) -> list[PromptSpec]:
         colour = colours[i % len(colours)]
         kind = kinds[i % len(kinds)]
         position = positions[(i * 4 + i // 9) % len(positions)]
-        size = "large" if i % 3 == 0 else "small"
         background = rng.choice([c for c in colours if c != colour])
-        out.append(make_prompt(background, colour, kind, position, size))
+        out.append(make_prompt(background, colour, kind, position, sizes[i % len(sizes)]))
     return out
 
 
