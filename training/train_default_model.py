@@ -8,7 +8,10 @@ Stages (all CPU, reproducible from --seed):
   4. export   – write the EMA weights as one .safetensors (LDM/A1111 key layout, configs in the metadata)
 
 Run from the repository root:
-  HF_HUB_OFFLINE=1 .venv/bin/python training/train_default_model.py --work /work/dr-train/run1
+  HF_HUB_OFFLINE=1 .venv/bin/python training/train_default_model.py --work /tmp/dr-train
+  HF_HUB_OFFLINE=1 .venv/bin/python training/train_default_model.py --work /tmp/dr-train --stages unet \
+      --resume /tmp/dr-train/step_02500 --seed 1 --lr 5e-4 --tag phase2
+(the shipped model is phase2_step_02000; see docs/default-model.md)
 """
 
 from __future__ import annotations
@@ -326,7 +329,7 @@ def train_unet(args: argparse.Namespace, captions: list[list[str]], work: Path, 
         if step % 50 == 0 or step == args.steps - 1:
             log(f"unet step {step} loss {ema_loss:.4f} lr {opt.param_groups[0]['lr']:.2e} ({time.time() - t0:.0f}s)", logf)
         if (step + 1) % args.save_every == 0 or step == args.steps - 1:
-            out = work / f"step_{step + 1:05d}"
+            out = work / f"{args.tag + '_' if args.tag else ''}step_{step + 1:05d}"
             ema_unet.save_pretrained(out / "unet")
             ema_te.save_pretrained(out / "text_encoder")
             log(f"saved {out}", logf)
@@ -363,6 +366,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--caption-dropout", type=float, default=0.1)
     ap.add_argument("--save-every", type=int, default=250)
     ap.add_argument("--resume", default=None, help="a step_XXXXX folder to start the UNet/text encoder from")
+    ap.add_argument("--tag", default="", help="prefix of the saved step folders (e.g. phase2 → phase2_step_02000)")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)

@@ -16,18 +16,22 @@ pytestmark = pytest.mark.skipif(not default_model.available(), reason="the defau
 
 #: Floors for the mixed suite (36 prompts, one third large) at cfg 5: a little below the rates measured on the shipped
 #: model (docs/default-model.md), so that arithmetic differences between CPUs cannot flip the result.
-FLOORS_CFG5 = {"background": 0.90, "colour": 0.90, "position": 0.85, "size": 0.80}
+FLOORS_CFG5 = {"background": 0.90, "colour": 0.90, "position": 0.70, "size": 0.85}
+#: Issue #3's targets where the shipped model is still below them (measured: position 0.78).
+TARGETS_CFG5 = {"position": 0.85}
 #: Shape kinds are only judged on large shapes: a small shape spans about 2×2 cells of the 8×8 latent and comes back
 #: from the autoencoder as a rounded blob even when encoded from a perfect drawing (see the model card).
 FLOORS_LARGE_CFG5 = {"kind": 0.80}
-#: How much more often the shape has the prompted colour at cfg 5 than at cfg 1 (measured gain minus a margin).
-GUIDANCE_GAIN = 0.10
+#: How much higher the mean of the background, colour and position rates is at cfg 5 than at cfg 1
+#: (measured: 0.92 against 0.84).
+GUIDANCE_GAIN = 0.05
 SIMPLE = make_prompt("blue", "yellow", "circle", "left", "large")
 #: Step counts people use with each sampler (LCM is a few-step sampler).
 USUAL_STEPS = {"lcm": 8}
-#: Schedulers people pair with a sampler (A1111's "Automatic" for the 3M SDE samplers is exponential; on this
-#: 8×8-latent model the 3M SDE sampler with the `normal` schedule loses the colours).
-USUAL_SCHEDULER = {"dpmpp_3m_sde": "exponential", "dpmpp_3m_sde_gpu": "exponential", "ipndm": "exponential"}
+#: Schedulers people pair with a sampler (A1111's "Automatic" for the 3M SDE samplers is exponential). On this
+#: 8×8-latent model the third/fourth-order multistep samplers derail with the `normal` schedule at cfg 5 (its first
+#: step from σ = 14.6 is very large); ipndm also with `exponential`, and works with simple/karras/sgm_uniform/beta.
+USUAL_SCHEDULER = {"dpmpp_3m_sde": "exponential", "dpmpp_3m_sde_gpu": "exponential", "ipndm": "simple"}
 
 
 @pytest.fixture(scope="module")
@@ -97,9 +101,10 @@ def test_used_when_no_other_checkpoint_is_installed(engine) -> None:
     assert engine.native_size(None) == (64, 64)
 
 
-#: The shipped v1 model learned colours and backgrounds but not yet placement and shape kind (issue #3 stays open:
-#: it needs a longer training run). These marks are strict, so the suite reports the day a better model passes.
-NOT_YET_LEARNED = pytest.mark.xfail(strict=True, reason="darkroom-shapes-v1 does not yet follow positions/sizes/kinds")
+#: The shipped model follows colours, backgrounds, sizes and (mostly) positions, but not yet shape kinds, and its
+#: positions are below issue #3's 85% (issue #3 stays open: it needs a longer training run). These marks are strict,
+#: so the suite reports the day a better model passes.
+NOT_YET_LEARNED = pytest.mark.xfail(strict=True, reason="darkroom-shapes-v1 does not yet reach this target")
 
 
 def test_colours_and_backgrounds_are_followed_at_cfg_5(engine) -> None:
@@ -108,11 +113,17 @@ def test_colours_and_backgrounds_are_followed_at_cfg_5(engine) -> None:
         assert r[attr] >= FLOORS_CFG5[attr], (attr, r)
 
 
-@NOT_YET_LEARNED
 def test_positions_and_sizes_are_followed_at_cfg_5(engine) -> None:
     r = _suite_rates(engine, cfg=5.0)
     for attr in ("position", "size"):
         assert r[attr] >= FLOORS_CFG5[attr], (attr, r)
+
+
+@NOT_YET_LEARNED
+def test_positions_reach_the_issue_target(engine) -> None:
+    r = _suite_rates(engine, cfg=5.0)
+    for attr, target in TARGETS_CFG5.items():
+        assert r[attr] >= target, (attr, r)
 
 
 @NOT_YET_LEARNED
@@ -125,8 +136,10 @@ def test_shape_kinds_are_followed_for_large_shapes(engine) -> None:
 def test_guidance_helps(engine) -> None:
     r1 = _suite_rates(engine, cfg=1.0)
     r5 = _suite_rates(engine, cfg=5.0)
-    assert r5["colour"] >= r1["colour"] + GUIDANCE_GAIN, (r1, r5)
-    assert r5["background"] + r5["colour"] + r5["position"] > r1["background"] + r1["colour"] + r1["position"]
+    mean1 = (r1["background"] + r1["colour"] + r1["position"]) / 3
+    mean5 = (r5["background"] + r5["colour"] + r5["position"]) / 3
+    assert mean5 >= mean1 + GUIDANCE_GAIN, (r1, r5)
+    assert r5["colour"] > r1["colour"] and r5["position"] > r1["position"], (r1, r5)
 
 
 def test_same_seed_same_pixels_and_different_seeds_differ(engine) -> None:
@@ -158,11 +171,10 @@ def test_every_sampler_draws_the_simple_prompt(engine, sampler: str) -> None:
     for seed in (1, 2):
         s = score_image(_gen(engine, SIMPLE.prompt, seed=seed, sampler=sampler, scheduler=scheduler,
                              steps=steps).images[0], SIMPLE)
-        hits += s["background"] and s["colour"]  # what v1 has learned; position is checked above (xfail)
+        hits += s["background"] and s["colour"] and s["position"]
     assert hits >= 1, sampler
 
 
-@NOT_YET_LEARNED
 def test_img2img_keeps_a_described_picture(engine, tmp_path) -> None:
     spec = make_prompt("green", "red", "square", "top right", "large")
     init = render(spec.background, [(spec.kind, spec.colour, (44.0, 18.0), 28.0)])
