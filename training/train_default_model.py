@@ -256,7 +256,16 @@ def finetune_decoder(args: argparse.Namespace, images: torch.Tensor, labels: lis
 # --- stage 3: UNet + text encoder -----------------------------------------------------------------------------
 
 
-def train_unet(args: argparse.Namespace, captions: list[list[str]], work: Path, logf: Path) -> None:
+def latent_foreground(images: torch.Tensor, labels: list) -> torch.Tensor:
+    """Fraction of each latent cell's 8×8 pixels that belong to a shape → (N, 1, 8, 8) in [0, 1]."""
+    from darkroom.shapes.dataset import COLOURS
+
+    bg = torch.tensor([COLOURS[lab.background] for lab in labels], dtype=torch.float32) / 127.5 - 1.0  # (N, 3)
+    fg = ((images - bg[:, :, None, None]).abs().amax(1, keepdim=True) > 0.05).float()  # (N, 1, 64, 64)
+    return F.avg_pool2d(fg, 8)
+
+
+def train_unet(args: argparse.Namespace, captions: list[list[str]], fg: torch.Tensor, work: Path, logf: Path) -> None:
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -315,7 +324,11 @@ def train_unet(args: argparse.Namespace, captions: list[list[str]], work: Path, 
         # noise is large next to the data, and plain ε-loss hardly penalises keeping it: pictures would then take
         # their background colour from the seed instead of the prompt.
         w = torch.clamp(snr[t], max=args.min_snr) / snr[t] * torch.clamp(1 / acp[t], max=args.high_noise_weight)
-        loss = (w * (pred - eps).pow(2).mean(dim=(1, 2, 3))).mean()
+        # the shapes are a small part of each latent (a flat background is easy): weigh their cells up, so that
+        # what tells a circle from a square (the cells on the outline) is not drowned by the background's error
+        cell_w = 1.0 + args.fg_weight * fg[idx]  # (B, 1, 8, 8)
+        per_sample = ((pred - eps).pow(2) * cell_w).sum(dim=(1, 2, 3)) / (cell_w.sum(dim=(1, 2, 3)) * pred.shape[1])
+        loss = (w * per_sample).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -356,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dec-steps", type=int, default=1500, help="decoder-only fine-tuning steps on whole images")
     ap.add_argument("--dec-batch", type=int, default=8)
     ap.add_argument("--dec-lr", type=float, default=5e-4)
-    ap.add_argument("--steps", type=int, default=2500)
+    ap.add_argument("--steps", type=int, default=5000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--high-t-from", type=int, default=400, help="half of each batch draws t from [this, 1000)")
@@ -364,6 +377,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--min-snr", type=float, default=5.0)
     ap.add_argument("--high-noise-weight", type=float, default=20.0, help="cap of the 1/ᾱ loss factor")
     ap.add_argument("--caption-dropout", type=float, default=0.1)
+    ap.add_argument("--fg-weight", type=float, default=4.0, help="extra loss weight of latent cells covered by shapes")
     ap.add_argument("--save-every", type=int, default=250)
     ap.add_argument("--resume", default=None, help="a step_XXXXX folder to start the UNet/text encoder from")
     ap.add_argument("--tag", default="", help="prefix of the saved step folders (e.g. phase2 → phase2_step_02000)")
@@ -386,7 +400,7 @@ def main(argv: list[str] | None = None) -> None:
     if "decoder" in stages:
         finetune_decoder(args, images, labels, args.work, logf)
     if "unet" in stages:
-        train_unet(args, captions, args.work, logf)
+        train_unet(args, captions, latent_foreground(images, labels), args.work, logf)
     log(f"all stages done in {time.time() - t0:.0f}s", logf)
 
 

@@ -31,7 +31,7 @@ _PROTOTYPES = {
 }
 _FG_DISTANCE = 45.0  # RGB distance from the background that marks a pixel as foreground (half the closest pair)
 _MIN_AREA = 12  # pixels; smaller blobs are noise
-_SIZE_SPLIT = 21.5  # px of estimated diameter between "small" (13–17) and "large" (26–31)
+_SIZE_SPLIT = 23.0  # px of estimated diameter between "small" (17–20) and "large" (26–31)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ POSITIONS: dict[str, tuple[int, int]] = {
     "bottom right": (2, 2),
 }
 #: Pixel diameter range (of the circumscribed circle) per size word, for a 64×64 image.
-SIZE_PX: dict[str, tuple[float, float]] = {"small": (13.0, 17.0), "large": (26.0, 31.0)}
+SIZE_PX: dict[str, tuple[float, float]] = {"small": (17.0, 20.0), "large": (26.0, 31.0)}
 IMAGE_SIZE = 64
 _SUPERSAMPLE = 4
 
@@ -49,15 +49,17 @@ _SHAPE_WORDS = {
     "star": ["star", "star", "star shape"],
 }
 _SIZE_WORDS = {"small": ["small", "little", "tiny"], "large": ["large", "big", "huge"]}
+#: "centre", "center" and "middle" are kept for the centre cell alone: when they also named the middle of an edge
+#: ("top centre", "middle left"), a model trained on them drew centred shapes at the edges.
 _POSITION_PHRASES = {
     "top left": ["at the top left", "in the top left corner", "in the upper left", "top-left"],
-    "top": ["at the top", "at the top centre", "near the top", "in the upper middle"],
+    "top": ["at the top", "near the top", "along the top", "at the top edge"],
     "top right": ["at the top right", "in the top right corner", "in the upper right", "top-right"],
-    "left": ["on the left", "at the left", "on the left side", "in the middle left"],
+    "left": ["on the left", "at the left", "on the left side", "at the left edge"],
     "centre": ["in the centre", "in the center", "in the middle", "centred"],
-    "right": ["on the right", "at the right", "on the right side", "in the middle right"],
+    "right": ["on the right", "at the right", "on the right side", "at the right edge"],
     "bottom left": ["at the bottom left", "in the bottom left corner", "in the lower left", "bottom-left"],
-    "bottom": ["at the bottom", "at the bottom centre", "near the bottom", "in the lower middle"],
+    "bottom": ["at the bottom", "near the bottom", "along the bottom", "at the bottom edge"],
     "bottom right": ["at the bottom right", "in the bottom right corner", "in the lower right", "bottom-right"],
 }
 
