@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import binascii
 import base64
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .files import FileRequestError, resolve
 from .state import ServerState, state_of
 from .studio_gallery import Gallery, history_jobs_with
+from .studio_upscale import UpscaleRequest, run_upscale
 
 router = APIRouter(prefix="/studio", tags=["studio"])
 
@@ -30,6 +32,55 @@ SIZE_PRESETS: dict[str, list[list[int]]] = {
     "SD1.5": [[512, 512], [512, 768], [768, 512], [640, 448], [448, 640]],
     "SDXL": [[1024, 1024], [896, 1152], [1152, 896], [832, 1216], [1216, 832], [768, 1344], [1344, 768]],
 }
+
+
+ControlMode = Literal["Balanced", "My prompt is more important", "ControlNet is more important"]
+ResizeMode = Literal["Just Resize", "Crop and Resize", "Resize and Fill"]
+#: The preprocessor of reference-image (IP-Adapter) units, as A1111's ControlNet extension names it.
+REFERENCE_MODULE = "ip-adapter-auto"
+
+
+class StudioControlUnit(BaseModel):
+    """One ControlNet unit of the page's control panel (an A1111 ControlNet-extension unit, typed)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    model: str  # a title from /controlnet/model_list ("name [hash]") or a registry name
+    module: str = "none"  # preprocessor (a drawn pose or a ready map: "none")
+    image: str | None = None  # data URL or base64 (img2img: none = the init image)
+    weight: float = Field(1.0, ge=0.0, le=10.0)
+    guidance_start: float = Field(0.0, ge=0.0, le=1.0)
+    guidance_end: float = Field(1.0, ge=0.0, le=1.0)
+    control_mode: ControlMode = "Balanced"
+    resize_mode: ResizeMode = "Crop and Resize"
+    processor_res: int = Field(-1, ge=-1, le=16384)  # -1: the preprocessor's default
+    threshold_a: float = -1.0
+    threshold_b: float = -1.0
+    pixel_perfect: bool = False
+
+
+class StudioReference(BaseModel):
+    """One reference image of the page's reference panel (an IP-Adapter unit)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    model: str  # an IP-Adapter model title from /controlnet/model_list
+    image: str  # data URL or base64
+    weight: float = Field(1.0, ge=0.0, le=10.0)
+    guidance_start: float = Field(0.0, ge=0.0, le=1.0)
+    guidance_end: float = Field(1.0, ge=0.0, le=1.0)
+
+
+class StudioSdUpscale(BaseModel):
+    """A1111's "SD upscale" img2img script: upscale, then redraw in overlapping tiles of width × height."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    upscaler: str = "Lanczos"  # a name from /sdapi/v1/upscalers
+    scale: float = Field(2.0, ge=1.0, le=8.0)
+    overlap: int = Field(64, ge=0, le=256)
 
 
 class StudioParams(BaseModel):
@@ -57,6 +108,9 @@ class StudioParams(BaseModel):
     inpaint_area: Literal["whole", "masked"] = "whole"  # A1111's "Inpaint area"
     masked_content: Literal["original", "fill"] = "original"  # A1111's "Masked content"
     padding: int = 32  # only-masked padding in pixels
+    controlnet: list[StudioControlUnit] = Field(default_factory=list)  # the control panel's units
+    references: list[StudioReference] = Field(default_factory=list)  # reference images (IP-Adapter units)
+    sd_upscale: StudioSdUpscale | None = None  # img2img only: run A1111's "SD upscale" script
     client_id: str | None = None  # the page's websocket clientId (events go there)
 
 
@@ -74,8 +128,35 @@ def _error(message: str, field: str | None = None, status: int = 400) -> JSONRes
     return JSONResponse({"error": message, "field": field}, status_code=status)
 
 
-def a1111_request(p: StudioParams) -> Any:
-    """The A1111 txt2img/img2img request equivalent to the page's settings."""
+def _base64(text: str) -> str:
+    """Plain base64 of a data URL (A1111 units carry base64 PNG)."""
+    return text.split(",", 1)[1] if text.startswith("data:") else text
+
+
+def control_args(p: StudioParams) -> tuple[list[dict[str, Any]], list[str]]:
+    """(A1111 `alwayson_scripts.controlnet.args`, the page's field of each arg) for the enabled units and references."""
+    args: list[dict[str, Any]] = []
+    where: list[str] = []
+    for i, u in enumerate(p.controlnet):
+        if not u.enabled:
+            continue
+        unit = u.model_dump(exclude={"enabled", "image"})
+        if u.image:
+            unit["image"] = _base64(u.image)
+        args.append({"enabled": True, **unit})
+        where.append(f"controlnet.{i}")
+    for i, r in enumerate(p.references):
+        if not r.enabled:
+            continue
+        args.append({"module": REFERENCE_MODULE, "model": r.model, "image": _base64(r.image), "weight": r.weight,
+                     "guidance_start": r.guidance_start, "guidance_end": r.guidance_end})
+        where.append(f"references.{i}")
+    return args, where
+
+
+def a1111_request(p: StudioParams, upscalers: list[str] | None = None) -> Any:
+    """The A1111 txt2img/img2img request equivalent to the page's settings (`upscalers`: /upscalers names, in
+    order, for SD upscale's upscaler index)."""
     from .sdapi_models import Img2ImgRequest, Txt2ImgRequest
 
     common: dict[str, Any] = {
@@ -85,6 +166,11 @@ def a1111_request(p: StudioParams) -> Any:
         "override_settings": {"CLIP_stop_at_last_layers": p.clip_skip,
                               **({"sd_model_checkpoint": p.model} if p.model else {})},
     }
+    args, _ = control_args(p)
+    if args:
+        common["alwayson_scripts"] = {"controlnet": {"args": args}}
+    if p.sd_upscale is not None and p.mode != "img2img":
+        raise StudioError("SD upscale redraws a picture: use it with image to image", "sd_upscale")
     if p.mode == "txt2img":
         return Txt2ImgRequest(**common)
     if not p.init_image:
@@ -96,6 +182,13 @@ def a1111_request(p: StudioParams) -> Any:
         extra.update(mask=p.mask, mask_blur=max(0, p.mask_blur), inpainting_fill=1 if p.masked_content ==
                      "original" else 0, inpaint_full_res=p.inpaint_area == "masked",
                      inpaint_full_res_padding=max(0, p.padding), inpainting_mask_invert=0)
+    if p.sd_upscale is not None:  # A1111's script_args: [info, overlap, upscaler index, scale factor]
+        names = list(upscalers or [])
+        if p.sd_upscale.upscaler not in names:
+            raise StudioError(f"no upscaler named {p.sd_upscale.upscaler!r}; available: {', '.join(names)}",
+                              "sd_upscale.upscaler")
+        extra.update(script_name="SD upscale", script_args=["", p.sd_upscale.overlap,
+                                                            names.index(p.sd_upscale.upscaler), p.sd_upscale.scale])
     return Img2ImgRequest(**common, **extra)
 
 
@@ -117,18 +210,54 @@ def translate(st: ServerState, p: StudioParams) -> Any:
 
     if p.model and listed_checkpoint(st.engine.registry, p.model) is None:
         raise StudioError(f"no checkpoint named {p.model!r} is installed; pick one from the list", "model")
+    upscalers = None
+    if p.sd_upscale is not None:
+        from .sdapi_extras import upscaler_rows
+
+        upscalers = [row["name"] for row in upscaler_rows(st.engine.registry)]
+    req = a1111_request(p, upscalers)
     try:
-        return build_job(a1111_request(p), st.sdapi_context())
+        return build_job(req, st.sdapi_context())
     except SdapiError as ex:
-        raise StudioError(ex.message, _field_name(ex.field), ex.status) from None
+        where = control_args(p)[1]
+        raise StudioError(_unit_message(ex.message, where), _field_name(ex.field, where), ex.status) from None
 
 
-def _field_name(a1111_field: str | None) -> str | None:
-    """The page's name for an A1111 field in an error."""
+_ARG = re.compile(r"alwayson_scripts\.controlnet\.args\[(\d+)\](?:\.(\w+))?")
+_NO_IMAGE = re.compile(r": ControlNet unit \d+ has no image")
+
+
+def _unit_label(field: str) -> str:
+    """'ControlNet unit 2' / 'reference image 1' for the page field 'controlnet.1' / 'references.0'."""
+    kind, index = field.split(".")[:2]
+    return f"{'ControlNet unit' if kind == 'controlnet' else 'reference image'} {int(index) + 1}"
+
+
+def _unit_message(message: str, where: list[str]) -> str:
+    """An A1111 error about `alwayson_scripts.controlnet.args[i]` told with the page's names for its units."""
+    def label(m: re.Match[str]) -> str:
+        i = int(m.group(1))
+        if i >= len(where):
+            return m.group(0)
+        return _unit_label(where[i]) + (f" ({m.group(2)})" if m.group(2) else "")
+
+    return _NO_IMAGE.sub(": upload or draw its control image", _ARG.sub(label, message))
+
+
+
+def _field_name(a1111_field: str | None, control_fields: list[str] | None = None) -> str | None:
+    """The page's name for an A1111 field in an error (`control_fields`: the page's field of each ControlNet arg)."""
     names = {"cfg_scale": "cfg", "sampler_name": "sampler", "denoising_strength": "denoise",
-             "sd_model_checkpoint": "model", "override_settings": "clip_skip", "init_images": "init_image"}
+             "sd_model_checkpoint": "model", "override_settings": "clip_skip", "init_images": "init_image",
+             "script_name": "sd_upscale", "script_args": "sd_upscale"}
     if a1111_field is None:
         return None
+    m = _ARG.match(a1111_field)
+    if m and control_fields is not None and int(m.group(1)) < len(control_fields):
+        unit = control_fields[int(m.group(1))]
+        return f"{unit}.{m.group(2)}" if m.group(2) else unit
+    if a1111_field == "alwayson_scripts" and control_fields:
+        return control_fields[0].split(".")[0]
     base = a1111_field.split("[")[0]
     return names.get(base, base)
 
@@ -375,3 +504,13 @@ async def delete(request: Request, req: DeleteRequest) -> dict[str, Any]:
     st = state_of(request)
     gone = await run_in_threadpool(_delete, st, gallery_of(request), req.filename, req.subfolder)
     return {"deleted": True, "history_removed": gone}
+
+
+# -- upscale -----------------------------------------------------------------------------------------------------------
+
+@router.post("/upscale", summary="Upscale an image of output/ on the worker into a new image (extras infotext)")
+async def upscale(request: Request, req: UpscaleRequest) -> Any:
+    try:
+        return await run_upscale(state_of(request), req)
+    except StudioError as ex:
+        return _error(ex.message, ex.field, ex.status)
