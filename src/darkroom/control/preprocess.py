@@ -308,24 +308,25 @@ def get_preprocessor(name: str | None) -> Preprocessor:
 
 def preprocess(name: str | None, image: np.ndarray, *, resolution: float = -1, threshold_a: float = -1,
                threshold_b: float = -1, mask: np.ndarray | None = None, annotator_dirs: Iterable[Path] = (),
-               annotator_home: Path | str = Path("models") / "annotators") -> np.ndarray:
+               annotator_home: Path | str = Path("models") / "annotators", device: Any = None) -> np.ndarray:
     """Run a preprocessor on an (H, W, C) uint8 image → (H', W', 3) float32 map in [0, 1] (-1: pixels to inpaint).
 
     Negative resolution/thresholds take the preprocessor's A1111 defaults. `mask` (H, W) uint8, white = repaint,
     is needed by the inpaint preprocessors. Weights-needing preprocessors look in `annotator_dirs` and otherwise
-    name the file to put under `annotator_home`.
+    name the file to put under `annotator_home`; their networks run on `device` (None: the automatic choice).
     """
     pre = get_preprocessor(name)
     img = hwc3(np.ascontiguousarray(image))
     if pre.name == "none":
         return img.astype(np.float32) / 255.0
-    if pre.run is None:
-        run_annotator(pre.name, annotator_dirs, Path(annotator_home))
     res = int(resolution) if resolution is not None and resolution > 0 else int(pre.default(0))
     if res < 1 or res > 16384:
         raise PreprocessorError(f"processor resolution must be between 1 and 16384 (got {res})")
     a = float(threshold_a) if threshold_a is not None and threshold_a >= 0 else pre.default(1)
     b = float(threshold_b) if threshold_b is not None and threshold_b >= 0 else pre.default(2)
+    if pre.run is None:
+        out = run_annotator(pre.name, annotator_dirs, Path(annotator_home), img, res, a, b, device=device)
+        return hwc3(out).astype(np.float32) / 255.0
     if pre.needs_mask and mask is None:
         raise PreprocessorError(f"preprocessor {pre.name!r} needs a mask (white = the part to repaint)")
     out = pre.run(img, res, a, b, None if mask is None else _mask_u8(mask))
@@ -418,7 +419,7 @@ def _resize_mask(m: np.ndarray, width: int, height: int) -> np.ndarray:
 def prepare_hint(images: Any, name: str | None = "none", *, resolution: float = -1, threshold_a: float = -1,
                  threshold_b: float = -1, masks: Any = None, width: int = 0, height: int = 0,
                  mode: str = "Crop and Resize", annotator_dirs: Iterable[Path] = (),
-                 annotator_home: Path | str = Path("models") / "annotators") -> Any:
+                 annotator_home: Path | str = Path("models") / "annotators", device: Any = None) -> Any:
     """IMAGE (B, H, W, 3) in [0, 1] → the control IMAGE: each picture preprocessed, then fitted to width × height
     (0: keep the map's size). `masks`: MASK (B|1, H, W), 1 = repaint, for the inpaint preprocessors."""
     import torch
@@ -433,7 +434,7 @@ def prepare_hint(images: Any, name: str | None = "none", *, resolution: float = 
             mk = masks if masks.ndim == 3 else masks[None]
             mask = (mk[i % mk.shape[0]].float().clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
         hint = preprocess(name, arr, resolution=resolution, threshold_a=threshold_a, threshold_b=threshold_b,
-                          mask=mask, annotator_dirs=annotator_dirs, annotator_home=annotator_home)
+                          mask=mask, annotator_dirs=annotator_dirs, annotator_home=annotator_home, device=device)
         if width > 0 and height > 0:
             hint = fit_to_size(hint, width, height, mode)
         out.append(torch.from_numpy(np.ascontiguousarray(hint)))
