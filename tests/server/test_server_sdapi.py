@@ -148,7 +148,8 @@ def test_listings(shared_server) -> None:
     assert "Karras" in [s["label"] for s in api.get_schedulers()]
     assert [u["name"] for u in api.get_upscalers()] == ["None", "Lanczos", "Nearest"]
     assert "Latent (nearest-exact)" in [m["name"] for m in api.get_latent_upscale_modes()]
-    assert api.get_scripts() == {"txt2img": ["refiner", "controlnet"], "img2img": ["refiner", "controlnet"]}
+    assert api.get_scripts() == {"txt2img": ["refiner", "controlnet"],
+                                 "img2img": ["sd upscale", "refiner", "controlnet"]}  # sd upscale: issue #7
     assert api.get_embeddings() == {"loaded": {}, "skipped": {}}
     assert api.get_sd_vae() == [] and api.get_hypernetworks() == []
     mem = api.get_memory()

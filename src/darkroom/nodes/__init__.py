@@ -15,6 +15,7 @@ from typing import Any
 
 from ..graph import Node, NodeRegistry
 from . import conditioning, controlnet, image, ipadapter, latent, loaders, mask, sampling, tiling, upscale
+from . import ultimate_upscale
 from .refs import ClipRef, LoraUse, ModelRef, VaeRef
 from .services import FileChoices, MissingServiceError, default_executor, make_services, run_workflow
 
@@ -27,6 +28,7 @@ NODE_CLASSES: tuple[type[Node], ...] = (
     *image.NODES,
     *mask.NODES,
     *upscale.NODES,
+    *ultimate_upscale.NODES,
     *tiling.NODES,
     *controlnet.NODES,
     *ipadapter.NODES,

@@ -237,16 +237,21 @@ def prompt_styles(request: Request) -> list[dict[str, str]]:
     return state_of(request).styles.all()
 
 
-@router.get("/scripts", summary="Scripts: none selectable; alwayson: refiner, controlnet")
+@router.get("/scripts", summary="Scripts: selectable 'sd upscale' (img2img); alwayson: refiner, controlnet")
 def scripts() -> dict[str, list[str]]:
-    return {"txt2img": ["refiner", "controlnet"], "img2img": ["refiner", "controlnet"]}  # controlnet: issue #7
+    from .sdapi_scripts import script_names  # issue #7: SD upscale
+
+    return {mode: [*script_names(mode), "refiner", "controlnet"] for mode in ("txt2img", "img2img")}
 
 
 @router.get("/script-info", summary="Script arguments")
-def script_info() -> list[dict[str, Any]]:
+def script_info(request: Request) -> list[dict[str, Any]]:
+    from .sdapi_scripts import script_info as selectable
+
     args = [{"label": "Refiner", "value": False}, {"label": "Checkpoint", "value": ""},
             {"label": "Switch at", "value": 0.8, "minimum": 0.01, "maximum": 1.0, "step": 0.01}]
-    return [{"name": "refiner", "is_alwayson": True, "is_img2img": flag, "args": args} for flag in (False, True)]
+    return [*selectable(state_of(request).engine.registry),
+            *({"name": "refiner", "is_alwayson": True, "is_img2img": flag, "args": args} for flag in (False, True))]
 
 
 @router.get("/extensions", summary="Installed extensions (none)")

@@ -95,9 +95,10 @@ def check_limits(req: ProcessingBase, limits: Limits) -> None:
 
 def check_supported(req: ProcessingBase) -> None:
     """Refuse, by name, options darkroom cannot honour yet instead of silently ignoring them."""
-    if req.script_name:
-        raise _bad(f"script {req.script_name!r} is not available (GET /sdapi/v1/scripts lists the scripts)",
-                   "script_name")
+    if req.script_name:  # issue #7: "SD upscale" (sdapi_scripts)
+        from .sdapi_scripts import check_script
+
+        check_script(req)
     for key in req.alwayson_scripts:
         if key.lower() not in KNOWN_ALWAYSON:
             raise _bad(f"unknown alwayson_scripts entry {key!r}: no such extension is installed in darkroom "
@@ -393,6 +394,11 @@ def build_job(req: ProcessingBase, ctx: SdapiContext) -> SdapiJob:
         req = apply_infotext(req)
     check_supported(req)
     check_limits(req, ctx.limits)
+    script = None
+    if req.script_name and isinstance(req, Img2ImgRequest):  # issue #7: SD upscale
+        from .sdapi_scripts import parse_script, sd_upscale_workflows
+
+        script = parse_script(req, ctx)
     opts = ctx.options.current()
     overrides = dict(req.override_settings or {})
     ckpt = resolve_model(ctx.models, "checkpoints", overrides.get("sd_model_checkpoint")
@@ -462,7 +468,7 @@ def build_job(req: ProcessingBase, ctx: SdapiContext) -> SdapiJob:
         if not 0.0 < switch < 1.0:
             raise _bad(f"refiner_switch_at must be between 0 and 1 (got {switch})", "refiner_switch_at")
 
-    n = req.batch_size * req.n_iter
+    n = req.n_iter if script is not None else req.batch_size * req.n_iter  # SD upscale: one image per n_iter
     seed = random_seed() if req.seed == -1 else req.seed
     subseed = random_seed() if req.subseed == -1 else req.subseed
     seeds = [seed + i for i in range(n)]
@@ -473,6 +479,8 @@ def build_job(req: ProcessingBase, ctx: SdapiContext) -> SdapiJob:
         if not 0.0 < denoise <= 1.0:
             raise _bad(f"denoising_strength must be in (0, 1] (got {denoise})", "denoising_strength")
         prep = prepare_img2img(req, n, ctx.folders, ctx.limits)
+        if script is not None:
+            prep.extra.update(script.extra())
     controlnets: list[Any] = []
     if any(key.lower() == "controlnet" for key in req.alwayson_scripts):  # issue #7: ControlNet units
         from .sdapi_controlnet import controlnet_units
@@ -506,6 +514,8 @@ def build_job(req: ProcessingBase, ctx: SdapiContext) -> SdapiJob:
                 scale_id = wf["5"]["inputs"]["pixels"][0]
                 wf[scale_id]["inputs"]["crop"] = "center"
         workflows.append(wf)
+    if script is not None:
+        workflows = sd_upscale_workflows(script, workflows, prep.init_names, ctx)
     seen: set[str] = set()
     for wf in workflows:  # images differ by seed and input file: validate each distinct graph shape once
         key = repr(sorted((k, v["class_type"], str(v["inputs"].get("image", ""))) for k, v in wf.items()))
