@@ -4,11 +4,8 @@ tests/control` keeps working for test modules that import names from their own c
 
 from __future__ import annotations
 
-import atexit
 import functools
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,27 +38,18 @@ class ControlStudio:
 @functools.lru_cache(maxsize=None)
 def shared_control_studio() -> ControlStudio:
     """The studio, made once per process in a temporary folder removed at exit."""
-    from darkroom.engine import Engine
-    from darkroom.settings import Settings
-    from darkroom.testing.tiny import shared_tiny_checkpoint, shared_tiny_components
+    from darkroom.testing.studio import make_tiny_studio
+    from darkroom.testing.tiny import shared_tiny_components
 
-    torch.set_num_threads(2)
-    root = Path(tempfile.mkdtemp(prefix="darkroom-control-"))
-    atexit.register(shutil.rmtree, root, True)
-    (root / "checkpoints").mkdir()
-    shutil.copy(shared_tiny_checkpoint("sd15"), root / "checkpoints" / "tiny-sd15.safetensors")
+    base = make_tiny_studio("darkroom-control-")
     unet = shared_tiny_components("sd15")["unet"]
     cn = tiny_controlnet(unet, seed=11)
-    folder = root / "controlnet"
+    folder = base.root / "controlnet"
     for name, layout in CONTROL_FILES.items():
         if layout == "t2i":
             write_t2i_adapter(folder / name, tiny_t2i_adapter((32, 64, 64, 64), seed=12), "original")
         else:
             write_controlnet(folder / name, cn, layout, base_unet=unet)
     write_controlnet(folder / "control_sd15_tiny_diffusers", cn, "diffusers")
-    inp, out, tmp = root / "input", root / "output", root / "temp"
-    for d in (inp, out, tmp):
-        d.mkdir()
-    square_picture().save(inp / "square.png")
-    engine = Engine(Settings(models_dir=root, output_dir=out, data_dir=root / "data"), device="cpu", dtype="fp32")
-    return ControlStudio(root, engine, inp, out, tmp, cn)
+    square_picture().save(base.input_dir / "square.png")
+    return ControlStudio(base.root, base.engine, base.input_dir, base.output_dir, base.temp_dir, cn)

@@ -5,7 +5,6 @@ extension does."""
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import sys
 from pathlib import Path
@@ -19,17 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from cn_studio import shared_control_studio  # noqa: E402
 from cn_tiny import square_picture  # noqa: E402
 
-HERE = Path(__file__).parent
-
-
-def _live_server_class():
-    """tests/server's LiveServer (loaded by path: every test folder has its own conftest module)."""
-    spec = importlib.util.spec_from_file_location("darkroom_server_test_conftest", HERE.parent / "server" / "conftest.py")
-    module = sys.modules.get(spec.name) or importlib.util.module_from_spec(spec)
-    if spec.name not in sys.modules:
-        sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-        spec.loader.exec_module(module)
-    return module.LiveServer
+from darkroom.testing.studio import live_server_class  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +33,7 @@ def server(control_studio, tmp_path_factory):
     from darkroom.server.config import ServerConfig
 
     cfg = ServerConfig(data_dir=tmp_path_factory.mktemp("cn-server"), port=0)
-    live = _live_server_class()(create_app(control_studio.engine.settings, cfg, engine=control_studio.engine)).start()
+    live = live_server_class()(create_app(control_studio.engine.settings, cfg, engine=control_studio.engine)).start()
     yield live
     live.stop()
 

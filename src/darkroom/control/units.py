@@ -9,12 +9,17 @@ weight, guidance window, control mode, resize mode and hires option. Both consum
 
 `parse_a1111_unit` reads one entry of A1111's `alwayson_scripts.controlnet.args` (sd-webui-controlnet's unit fields
 and their aliases) without touching images or files; the server decodes the images and resolves the model name.
+
+A unit whose module is an IP-Adapter preprocessor (`ip-adapter_clip_sd15`, `ip-adapter-auto`, …) is a reference
+image instead (`darkroom.ipadapter.units`): its model is an IP-Adapter file, `weight_type` picks IPAdapterAdvanced's
+weighting ("style transfer" = style only, "composition" = composition only) and `clip_vision` the image encoder;
+its control_mode, resize_mode and preprocessor settings are recorded only (the extension hides them for IP-Adapter).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -53,6 +58,18 @@ class ControlNetUnit:
     pixel_perfect: bool = False  # recorded; the resolution is computed when the unit is made
     hr_option: str = "Both"  # which passes of a hires-fix request it controls
     extra: dict[str, Any] = field(default_factory=dict)
+    #: IP-Adapter units: IPAdapterAdvanced's weight type — "linear", "style transfer" (style only), "composition"
+    #: (composition only), "strong style transfer", "ease in", … (darkroom.ipadapter.attention.SUPPORTED_WEIGHT_TYPES)
+    weight_type: str = "linear"
+    #: IP-Adapter units: the clip_vision file (None: the one the module implies, found when the request is resolved)
+    clip_vision: str | None = None
+
+    @property
+    def is_ipadapter(self) -> bool:
+        """Whether this unit is a reference image through an IP-Adapter (its module is an ip-adapter one)."""
+        from ..ipadapter.units import is_ipadapter_module
+
+        return is_ipadapter_module(self.module)
 
     def validate(self) -> None:
         """Check names and ranges (raises ControlUnitError naming the field)."""
@@ -61,16 +78,25 @@ class ControlNetUnit:
         from .preprocess import PreprocessorError, get_preprocessor
 
         try:
-            get_preprocessor(self.module)
             self.resize_mode = resize_mode(self.resize_mode)
         except PreprocessorError as ex:
-            raise ControlUnitError(str(ex), "module" if "preprocessor" in str(ex) else "resize_mode") from None
+            raise ControlUnitError(str(ex), "resize_mode") from None
+        if self.is_ipadapter:
+            self._validate_ipadapter()
+        else:
+            try:
+                get_preprocessor(self.module)
+            except PreprocessorError as ex:
+                raise ControlUnitError(str(ex), "module") from None
+            if self.weight_type != "linear":
+                raise ControlUnitError(f"weight_type {self.weight_type!r} applies to IP-Adapter units only (module "
+                                       f"{self.module!r} is a ControlNet preprocessor)", "weight_type")
+            if not 0.0 <= self.weight <= 10.0:
+                raise ControlUnitError(f"weight must be between 0 and 10 (got {self.weight})", "weight")
         try:
             self.control_mode = control_mode(self.control_mode)
         except ValueError as ex:
             raise ControlUnitError(str(ex), "control_mode") from None
-        if not 0.0 <= self.weight <= 10.0:
-            raise ControlUnitError(f"weight must be between 0 and 10 (got {self.weight})", "weight")
         for name in ("guidance_start", "guidance_end"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
@@ -85,9 +111,30 @@ class ControlNetUnit:
             raise ControlUnitError(f"processor_res must be at most 16384 (got {self.processor_res})",
                                    "processor_res")
 
+    def _validate_ipadapter(self) -> None:
+        from ..ipadapter.attention import check_weight_type
+        from ..ipadapter.units import WEIGHT_RANGE, canonical_module
+
+        try:
+            canonical_module(self.module)
+        except ValueError as ex:
+            raise ControlUnitError(str(ex), "module") from None
+        try:
+            check_weight_type(self.weight_type)
+        except ValueError as ex:
+            raise ControlUnitError(str(ex), "weight_type") from None
+        lo, hi = WEIGHT_RANGE
+        if not lo <= self.weight <= hi:
+            raise ControlUnitError(f"weight must be between {lo:g} and {hi:g} for an IP-Adapter unit (got "
+                                   f"{self.weight})", "weight")
+
     @property
     def preprocessor(self) -> str:
         """The preprocessor's internal name."""
+        if self.is_ipadapter:
+            from ..ipadapter.units import canonical_module
+
+            return canonical_module(self.module)
         from .preprocess import get_preprocessor
 
         return get_preprocessor(self.module).name
@@ -109,19 +156,30 @@ class ControlNetUnit:
         from .preprocess import get_preprocessor
 
         if model_title is None and registry is not None:
-            from .names import control_model_title
+            if self.is_ipadapter:
+                from ..ipadapter.units import ipadapter_title
 
-            model_title = control_model_title(registry, self.model)
-        pre = get_preprocessor(self.module)
-        parts = [f"Module: {pre.name}", f"Model: {model_title or self.model}", f"Weight: {self.weight:g}",
+                model_title = ipadapter_title(registry, self.model)
+            else:
+                from .names import control_model_title
+
+                model_title = control_model_title(registry, self.model)
+        if self.is_ipadapter:  # no sliders: the extension's hidden defaults
+            name, defaults = self.preprocessor, (512, 0.5, 0.5)
+        else:
+            pre = get_preprocessor(self.module)
+            name, defaults = pre.name, (pre.default(0), pre.default(1), pre.default(2))
+        parts = [f"Module: {name}", f"Model: {model_title or self.model}", f"Weight: {self.weight:g}",
                  f"Resize Mode: {resize_mode(self.resize_mode)}",
-                 f"Processor Res: {int(self.processor_res if self.processor_res > 0 else pre.default(0))}",
-                 f"Threshold A: {self.threshold_a if self.threshold_a >= 0 else pre.default(1):g}",
-                 f"Threshold B: {self.threshold_b if self.threshold_b >= 0 else pre.default(2):g}",
+                 f"Processor Res: {int(self.processor_res if self.processor_res > 0 else defaults[0])}",
+                 f"Threshold A: {self.threshold_a if self.threshold_a >= 0 else defaults[1]:g}",
+                 f"Threshold B: {self.threshold_b if self.threshold_b >= 0 else defaults[2]:g}",
                  f"Guidance Start: {self.guidance_start:g}", f"Guidance End: {self.guidance_end:g}",
                  f"Pixel Perfect: {self.pixel_perfect}", f"Control Mode: {self.mode_label}"]
         if self.hr_option != "Both":
             parts.append(f"Hr Option: {self.hr_option}")
+        if self.weight_type != "linear":  # darkroom's IP-Adapter weighting (not an sd-webui-controlnet field)
+            parts.append(f"Weight Type: {self.weight_type}")
         return ", ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -164,7 +222,8 @@ _IGNORED = {"low_vram", "save_detected_map", "inpaint_crop_input_image", "effect
             "hr_option_index", "animatediff_batch", "batch_modifiers", "batch_keyframe_idx", "guess_mode",
             "image_fg"}
 _FIELDS = {"enabled", "module", "model", "weight", "image", "mask", "resize_mode", "processor_res", "threshold_a",
-           "threshold_b", "guidance_start", "guidance_end", "control_mode", "pixel_perfect", "hr_option"}
+           "threshold_b", "guidance_start", "guidance_end", "control_mode", "pixel_perfect", "hr_option",
+           "weight_type"}  # weight_type: darkroom's IP-Adapter weighting ("style transfer", "composition", …)
 
 
 def _image_parts(value: Any, where: str) -> tuple[str | None, str | None]:
@@ -235,6 +294,7 @@ def parse_a1111_unit(raw: Any, index: int = 0) -> A1111Unit | None:
         threshold_a=_number(d.get("threshold_a", -1), "threshold_a", where),
         threshold_b=_number(d.get("threshold_b", -1), "threshold_b", where),
         pixel_perfect=bool(d.get("pixel_perfect", False)), hr_option=str(d.get("hr_option") or "Both"),
+        weight_type=str(d.get("weight_type") or "linear"),
     )
     try:
         unit.validate()
@@ -267,10 +327,34 @@ def a1111_units(alwayson_scripts: Mapping[str, Any]) -> list[A1111Unit]:
 # the engine's side: the same steps the workflow nodes run
 
 
+def resolve_units(registry: Any, units: list[ControlNetUnit]) -> list[ControlNetUnit]:
+    """Units naming installed files: ControlNets as the registry names them (its ModelNotFoundError otherwise),
+    IP-Adapter units with their adapter and CLIP vision files (ControlUnitError naming what to install)."""
+    from .names import find_control_model
+
+    out = []
+    for i, unit in enumerate(units):
+        if unit.is_ipadapter:
+            from ..ipadapter.units import resolve_ipadapter_unit
+
+            out.append(resolve_ipadapter_unit(registry, unit, i))
+            continue
+        name = find_control_model(registry, unit.model)
+        from ..ipadapter.units import adapter_info
+
+        if adapter_info(registry.find("controlnet", name)) is not None:
+            raise ControlUnitError(f"{name} is an IP-Adapter: use an ip-adapter module (ip-adapter-auto) with it, "
+                                   f"not {unit.module!r}", "module")
+        out.append(replace(unit, model=name))
+    return out
+
+
 def attach_units(engine: Any, ckpt: Any, units: list[ControlNetUnit], positive: Any, negative: Any, *,
                  width: int, height: int) -> tuple[Any, Any]:
     """Load, preprocess and apply every unit (as LoadImage → ControlNetPreprocessor → DiffControlNetLoader →
-    ControlNetApplyAdvanced do in the request's workflow); positive may be an A1111 prompt schedule."""
+    ControlNetApplyAdvanced do in the request's workflow); positive may be an A1111 prompt schedule. IP-Adapter units
+    (resolved) mark the conditioning with their uses, as IPAdapterAdvanced's MODEL does for its KSampler; sample
+    inside `darkroom.ipadapter.units.reference_processors`."""
     import numpy as np
     import torch
     from PIL import Image
@@ -283,6 +367,8 @@ def attach_units(engine: Any, ckpt: Any, units: list[ControlNetUnit], positive: 
     dirs, home = list(settings.model_dirs("annotators")), settings.models_dir / "annotators"
     for i, unit in enumerate(units):
         unit.validate()
+        if unit.is_ipadapter:
+            continue
         if unit.image is None:
             raise ControlUnitError(f"ControlNet unit {i} has no image", "image")
         from .names import find_control_model
@@ -310,8 +396,17 @@ def attach_units(engine: Any, ckpt: Any, units: list[ControlNetUnit], positive: 
 
         positive = map_conditioning(positive, attach)
         negative = map_conditioning(negative, attach)
+    references = [u for u in units if u.is_ipadapter]
+    if references:  # issue #7: reference images, in unit order (as the IPAdapterAdvanced chain)
+        from ..engine.pipeline import model_sampling_for
+        from ..ipadapter.attention import attach as attach_references
+        from ..ipadapter.units import reference_uses
+
+        uses, ms = reference_uses(engine, ckpt, references), model_sampling_for(ckpt)
+        positive = map_conditioning(positive, lambda items: attach_references(items, uses, ms))
+        negative = map_conditioning(negative, lambda items: attach_references(items, uses, ms))
     return positive, negative
 
 
 __all__ = ["A1111Unit", "ControlNetUnit", "ControlUnitError", "HR_OPTIONS", "MAX_UNITS", "CONTROL_MODES",
-           "a1111_units", "attach_units", "parse_a1111_unit"]
+           "a1111_units", "attach_units", "parse_a1111_unit", "resolve_units"]

@@ -265,11 +265,15 @@ class Engine:
                     progress(min(done[0] + 1, total_steps), total_steps)
                 done[0] += 1
 
+            from ..ipadapter.units import reference_processors
+
             for i in range(p.batch_size):
                 s = (seed + i) % (MAX_SEED + 1)
                 final = refiner if refiner is not None else ckpt
                 with circular_padding(ckpt.unet, ckpt.vae, *([refiner.unet, refiner.vae] if refiner else []),
-                                      enabled=p.tiling):  # seamless textures: restored after each image
+                                      enabled=p.tiling), \
+                        reference_processors(ckpt.unet, positive, negative, *(hires_conds or ())):
+                    # seamless textures and IP-Adapter attention (reference images): restored after each image
                     latent = self._one_image(ckpt, refiner, p, s, positive, negative, ref_conds, init_latent,
                                              step_progress, cancelled, hires_conds)
                     images.extend(tensor_to_pil(pipeline.decode(final, latent)))
@@ -295,11 +299,10 @@ class Engine:
     def _controlnets(self, ckpt, p: GenerationParams, positive, negative):
         """Units with registry model names, and the conditionings of the first pass and (per unit hr_option) of the
         hires pass with the units attached."""
-        from ..control.names import find_control_model
-        from ..control.units import ControlUnitError, attach_units
+        from ..control.units import ControlUnitError, attach_units, resolve_units
 
         try:
-            units = [replace(u, model=find_control_model(self.registry, u.model)) for u in p.controlnets]
+            units = resolve_units(self.registry, p.controlnets)  # IP-Adapter units: with their CLIP vision file
             p = replace(p, controlnets=units)
             hires = p.hires is not None and p.init_image is None
             lo = [u for u in units if not hires or u.hr_option != "High res only"]

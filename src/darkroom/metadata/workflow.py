@@ -131,13 +131,20 @@ def workflow_from_params(params: GenerationParams, *, seed: int, model_name: str
         latent = ["5", 0]
 
     hires_pos, hires_neg = positive, negative
+    hires_model = model
     if params.controlnets:  # issue #7: ControlNet units between the prompts and the samplers
-        from ..control.graph import add_controlnet_nodes
+        from dataclasses import replace
 
-        positive, negative, hires_pos, hires_neg = add_controlnet_nodes(g, params, model, positive, negative)
+        from ..control.graph import add_controlnet_nodes
+        from ..ipadapter.units import add_ipadapter_nodes
+
+        control = replace(params, controlnets=[u for u in params.controlnets if not u.is_ipadapter])
+        if control.controlnets:
+            positive, negative, hires_pos, hires_neg = add_controlnet_nodes(g, control, model, positive, negative)
+        model, hires_model = add_ipadapter_nodes(g, params, model)  # reference images: IPAdapterAdvanced on MODEL
 
     common = {"cfg": params.cfg, "sampler_name": params.sampler, "scheduler": params.scheduler}
-    final_model, final_vae, final_pos, final_neg = model, vae, hires_pos, hires_neg
+    final_model, final_vae, final_pos, final_neg = hires_model, vae, hires_pos, hires_neg
     if not params.refiner:
         g.add("KSampler", {"seed": seed, "steps": params.steps, **common, "denoise": denoise, "model": model,
                            "positive": positive, "negative": negative, "latent_image": latent},

@@ -7,7 +7,8 @@ processors for their run only (see `darkroom.ipadapter.attention`).
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -60,20 +61,36 @@ class CLIPVisionEncode(Node):
         return (clip_vision.encode(image, crop),)
 
 
+@dataclass(frozen=True)
+class IPAdapterFileChoices(FileChoices):
+    """The `ipadapter` folders' files, then the IP-Adapter files in `controlnet` folders (where A1111 keeps them)."""
+
+    def __call__(self) -> list[str]:
+        from ..ipadapter.units import ipadapter_files
+
+        return [] if self.models is None else list(ipadapter_files(self.models))
+
+    def bound(self, models: Any, input_dir: Path | None) -> IPAdapterFileChoices:
+        return IPAdapterFileChoices(self.kind, models, input_dir)
+
+
 class IPAdapterModelLoader(Node):
-    """Load an IP-Adapter (plain, plus, plus-face, full-face) from the `ipadapter` folders."""
+    """Load an IP-Adapter (plain, plus, plus-face, full-face) from the `ipadapter` folders (or, for A1111 installs,
+    an IP-Adapter file in the `controlnet` folders)."""
 
     display_name = "IPAdapter Model Loader"
     category = "ipadapter/loaders"
     python_module = "darkroom_nodes.ipadapter"
-    inputs = {"ipadapter_file": Input(Types.COMBO, choices=FileChoices("ipadapter"))}
+    inputs = {"ipadapter_file": Input(Types.COMBO, choices=IPAdapterFileChoices("ipadapter"))}
     outputs = [Output(IPADAPTER)]
 
     def execute(self, ctx: NodeContext, ipadapter_file: str) -> tuple[Any, ...]:
         from ..ipadapter.model import load_ipadapter
+        from ..ipadapter.units import ipadapter_files
 
         engine = service(ctx, "engine")
-        path = engine.registry.find("ipadapter", ipadapter_file)
+        path = ipadapter_files(engine.registry).get(ipadapter_file) or engine.registry.find("ipadapter",
+                                                                                            ipadapter_file)
         model = load_ipadapter(path, device=engine.device, dtype=engine.dtype)
         model.name = _stem(ipadapter_file)
         return (model,)

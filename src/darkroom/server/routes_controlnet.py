@@ -3,6 +3,8 @@
 GET /controlnet/version, /model_list, /module_list, /control_types, /settings; POST /controlnet/detect (run a
 preprocessor on images) and /controlnet/render_openpose_json. Errors answer 422 with `{"detail": …}` as the
 extension does. Generation with ControlNet units goes through /sdapi/v1/txt2img|img2img `alwayson_scripts`.
+IP-Adapters (reference images) are listed with the control models (model_list) and their preprocessors with the
+others (module_list, control type "IP-Adapter"), as the extension lists them.
 """
 
 from __future__ import annotations
@@ -30,11 +32,24 @@ def version() -> dict[str, int]:
     return {"version": API_VERSION}
 
 
-@router.get("/model_list", summary="Installed ControlNets and T2I-Adapters as 'name [hash]'")
-def model_list(request: Request, update: bool = True) -> dict[str, list[str]]:
+def _model_titles(registry: Any) -> list[str]:
+    """Control models (controlnet folders, IP-Adapter files there included) and models/ipadapter's IP-Adapters."""
     from ..control.names import control_model_titles
+    from ..ipadapter.units import ipadapter_titles
 
-    return {"model_list": list(control_model_titles(state_of(request).engine.registry))}
+    titles = {**control_model_titles(registry), **ipadapter_titles(registry)}
+    return sorted(titles, key=str.lower)
+
+
+def _ip_modules(alias_names: bool) -> list[str]:
+    from ..ipadapter.units import LABELS, MODULES
+
+    return [LABELS.get(m, m) if alias_names else m for m in MODULES]
+
+
+@router.get("/model_list", summary="Installed ControlNets, T2I-Adapters and IP-Adapters as 'name [hash]'")
+def model_list(request: Request, update: bool = True) -> dict[str, list[str]]:
+    return {"model_list": _model_titles(state_of(request).engine.registry)}
 
 
 @router.get("/module_list", summary="Preprocessors (internal names, or UI aliases) and their sliders")
@@ -47,23 +62,31 @@ def module_list(alias_names: bool = False) -> dict[str, Any]:
         names.append(name)
         detail[name] = {"model_free": False, "sliders": [s for s in pre.sliders],
                         "builtin": pre.builtin}  # builtin: runs without annotator weights (darkroom)
+    for name in _ip_modules(alias_names):  # reference images: need an IP-Adapter and a clip_vision encoder
+        names.append(name)
+        detail[name] = {"model_free": False, "sliders": [], "builtin": False}
     return {"module_list": names, "module_detail": detail}
 
 
 @router.get("/control_types", summary="Preprocessors and models grouped by control type")
 def control_types(request: Request) -> dict[str, Any]:
-    from ..control.names import control_model_titles
     from ..control.preprocess import PREPROCESSORS
+    from ..ipadapter.units import ipadapter_files
 
-    models = ["None", *control_model_titles(state_of(request).engine.registry)]
+    registry = state_of(request).engine.registry
+    models = ["None", *_model_titles(registry)]
+    stems = {n.rsplit("/", 1)[-1].rsplit(".", 1)[0].lower() for n in ipadapter_files(registry)}
     types = ["All", "Canny", "Depth", "NormalMap", "OpenPose", "MLSD", "Lineart", "SoftEdge", "Scribble/Sketch",
-             "Segmentation", "Shuffle", "Tile/Blur", "Inpaint", "Recolor", "T2I-Adapter"]
+             "Segmentation", "Shuffle", "Tile/Blur", "Inpaint", "Recolor", "T2I-Adapter", "IP-Adapter"]
     out = {}
     for kind in types:
         key = kind.lower().split("/")[0]
         if kind == "All":
-            mods = [p.alias or p.name for p in PREPROCESSORS.values()]
+            mods = [p.alias or p.name for p in PREPROCESSORS.values()] + _ip_modules(True)
             fitting = models
+        elif kind == "IP-Adapter":
+            mods = ["none", *_ip_modules(True)]
+            fitting = ["None"] + [m for m in models[1:] if m.rsplit(" [", 1)[0].lower() in stems]
         else:
             mods = ["none"] + [p.alias or p.name for p in PREPROCESSORS.values() if kind in p.tags]
             fitting = ["None"] + [m for m in models[1:] if key in m.lower() or kind.lower() in m.lower()]
@@ -126,6 +149,11 @@ async def detect(
     from ..control.preprocess import PreprocessorError, get_preprocessor
 
     images = controlnet_input_images or controlnet_images
+    from ..ipadapter.units import is_ipadapter_module
+
+    if is_ipadapter_module(controlnet_module):
+        return _error(f"Module not available: {controlnet_module} makes CLIP image embeddings for an IP-Adapter, "
+                      f"not a control map to detect")
     try:
         get_preprocessor(controlnet_module)
     except PreprocessorError as ex:
