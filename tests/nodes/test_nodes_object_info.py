@@ -145,13 +145,14 @@ EXPECTED: dict[str, tuple[list[tuple[str, str, dict]], list[str], bool]] = {
 #: darkroom's own nodes, beside ComfyUI's core set.
 DARKROOM_NODES = {"CLIPTextEncodeA1111", "T2IAdapterLoader", "ControlNetApplyA1111", "ControlNetPreprocessor",
                   "OpenPoseRender", "SeamlessTiling", "CLIPVisionLoader", "CLIPVisionEncode",
-                  "IPAdapterModelLoader", "IPAdapterAdvanced"}
+                  "IPAdapterModelLoader", "IPAdapterAdvanced",
+                  "UltimateSDUpscale", "UltimateSDUpscaleNoUpscale"}  # the custom node's names (issue #7)
 
 
 def test_every_expected_node_is_registered_in_order():
     info = object_info(default_registry())
     assert set(info) == set(EXPECTED) | DARKROOM_NODES
-    assert len(NODE_CLASSES) == len(EXPECTED) + len(DARKROOM_NODES) == 62
+    assert len(NODE_CLASSES) == len(EXPECTED) + len(DARKROOM_NODES) == 64
     assert info["CLIPTextEncodeA1111"]["python_module"].startswith("darkroom_nodes")
     tiling = info["SeamlessTiling"]
     assert tiling["python_module"].startswith("darkroom_nodes")

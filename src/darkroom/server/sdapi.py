@@ -531,7 +531,8 @@ def build_job(req: ProcessingBase, ctx: SdapiContext) -> SdapiJob:
         "subseeds": [subseed + i for i in range(n)], "workflows": workflows,
         "run_workflows": [preview_version(wf) for wf in workflows], "checkpoint": ckpt, "lora_files": lora_files,
         "save_images": bool(req.save_images), "send_images": bool(req.send_images),
-        "grid": n > 1 and not req.do_not_save_grid and bool(opts.get("return_grid", True)),
+        "grid": n > 1 and not req.do_not_save_grid and bool(opts.get("return_grid", True))
+        and script is None,  # A1111's SD upscale returns its results without a grid
         "batch_size": req.batch_size, "styles": req.styles or [], "request": request, "extra": prep.extra,
         "paste": prep.paste, "init_names": prep.init_names, "outdir": opts.get(f"outdir_{mode}_samples") or f"{mode}-images",
         "sampler_label": req.sampler_name or req.sampler_index, "subseed_strength": req.subseed_strength,

@@ -135,9 +135,9 @@ class SdUpscale:
         return {k: wf[k] for k in sorted(wf, key=int)}
 
 
-def _int(value: Any, what: str) -> int:
+def _int(value: Any, label: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-        raise _bad(f"script_args[{what}] must be an integer (got {value!r})")
+        raise _bad(f"{label} must be an integer (got {value!r})")
     return int(value)
 
 
@@ -149,7 +149,7 @@ def parse_script(req: Img2ImgRequest, ctx: SdapiContext) -> SdUpscale:
                    f"({len(DEFAULT_ARGS)} values), got {len(given)}")
     args = [d if i >= len(given) or given[i] is None else given[i] for i, d in enumerate(DEFAULT_ARGS)]
     _, overlap, index, scale = args
-    overlap = _int(overlap, "1] (overlap")
+    overlap = _int(overlap, "script_args[1] (overlap)")
     limit = min(req.width, req.height) // 2 // 8 * 8
     if not 0 <= overlap <= limit or overlap % 8:
         raise _bad(f"script_args[1] (overlap) must be a multiple of 8 between 0 and {limit}, half the "
@@ -161,7 +161,7 @@ def parse_script(req: Img2ImgRequest, ctx: SdapiContext) -> SdUpscale:
         if index.lower() not in lowered:
             raise _bad(f"script_args[2] (upscaler): no upscaler named {index!r}; available: {', '.join(names)}")
         index = lowered.index(index.lower())
-    index = _int(index, "2] (upscaler_index")
+    index = _int(index, "script_args[2] (upscaler_index)")
     if not 0 <= index < len(rows):
         choices = ", ".join(f"{i}: {n}" for i, n in enumerate(names))
         raise _bad(f"script_args[2] (upscaler_index) must index GET /sdapi/v1/upscalers (0 to {len(rows) - 1}: "
