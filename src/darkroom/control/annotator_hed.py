@@ -59,7 +59,9 @@ class ControlNetHED(nn.Module):
 
 def load_hed_model(path: Path) -> ControlNetHED:
     """ControlNetHED.pth → ControlNetHED (AnnotatorFileError when the file is another network)."""
-    return load_exact(ControlNetHED(), read_weights(path), path, "ControlNet HED (ControlNetHED.pth)")
+    with torch.device("meta"):
+        net = ControlNetHED()
+    return load_exact(net, read_weights(path), path, "ControlNet HED (ControlNetHED.pth)", assign=True)
 
 
 @torch.no_grad()

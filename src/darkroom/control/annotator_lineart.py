@@ -59,7 +59,9 @@ class LineartGenerator(nn.Module):
 
 def load_lineart_model(path: Path) -> LineartGenerator:
     """sk_model.pth / sk_model2.pth → LineartGenerator (AnnotatorFileError when the file is another network)."""
-    return load_exact(LineartGenerator(), read_weights(path), path, f"line art generator ({Path(path).name})")
+    with torch.device("meta"):
+        net = LineartGenerator()
+    return load_exact(net, read_weights(path), path, f"line art generator ({Path(path).name})", assign=True)
 
 
 @torch.no_grad()

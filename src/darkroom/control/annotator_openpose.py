@@ -106,10 +106,11 @@ def checkpoint_key(module_key: str) -> str:
 
 def load_body_model(path: Path) -> BodyPoseNet:
     """body_pose_model.pth → BodyPoseNet (AnnotatorFileError when the file is another network)."""
-    net = BodyPoseNet()
+    with torch.device("meta"):  # no random initialisation: every tensor comes from the file
+        net = BodyPoseNet()
     ours = {checkpoint_key(k): k for k in net.state_dict()}
     sd = {ours.get(k, k): v for k, v in read_weights(path).items()}
-    return load_exact(net, sd, path, "OpenPose body (body_pose_model.pth)")
+    return load_exact(net, sd, path, "OpenPose body (body_pose_model.pth)", assign=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
