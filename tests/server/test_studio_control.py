@@ -132,6 +132,7 @@ def test_a_unit_reaches_the_workflow(make_client) -> None:
     ({"module": "no_such_preprocessor"}, "controlnet.0.module", "unknown preprocessor"),
     ({"guidance_start": 0.9, "guidance_end": 0.2}, "controlnet.0.guidance_start", "ControlNet unit 1"),
     ({"image": None}, "controlnet.0.image", "upload or draw its control image"),
+    ({"model": ""}, "controlnet.0.model", "pick a model"),
 ])
 def test_bad_units_answer_400_naming_the_field(make_client, unit: dict, field: str, words: str) -> None:
     c = make_client()
@@ -144,6 +145,18 @@ def test_bad_units_answer_400_naming_the_field(make_client, unit: dict, field: s
     text = body["error"] if body.get("field") else body["detail"]
     assert named == field, body
     assert words in text, body
+
+
+def test_a_reference_without_picture_or_model_is_named(make_client) -> None:
+    c = make_client()
+    square = data_url(square_picture())
+    for ref, field in (({"model": "ip-adapter_sd15"}, "references.0.image"), ({"image": square}, "references.0.model")):
+        r = c.post("/studio/generate", json={"prompt": "x", "references": [ref]})
+        assert r.status_code == 400 and r.json()["field"] == field, r.text
+    # a disabled one is left out entirely
+    r = c.post("/studio/workflow", json={"prompt": "x", "width": 64, "height": 64,
+                                         "references": [{"enabled": False}]})
+    assert r.status_code == 200, r.text
 
 
 def test_generate_with_a_unit_writes_its_infotext(make_client) -> None:

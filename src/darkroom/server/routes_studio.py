@@ -46,7 +46,7 @@ class StudioControlUnit(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
-    model: str  # a title from /controlnet/model_list ("name [hash]") or a registry name
+    model: str = ""  # a title from /controlnet/model_list ("name [hash]") or a registry name
     module: str = "none"  # preprocessor (a drawn pose or a ready map: "none")
     image: str | None = None  # data URL or base64 (img2img: none = the init image)
     weight: float = Field(1.0, ge=0.0, le=10.0)
@@ -66,8 +66,8 @@ class StudioReference(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
-    model: str  # an IP-Adapter model title from /controlnet/model_list
-    image: str  # data URL or base64
+    model: str = ""  # an IP-Adapter model title from /controlnet/model_list
+    image: str | None = None  # data URL or base64 (needed when enabled)
     weight: float = Field(1.0, ge=0.0, le=10.0)
     guidance_start: float = Field(0.0, ge=0.0, le=1.0)
     guidance_end: float = Field(1.0, ge=0.0, le=1.0)
@@ -140,6 +140,9 @@ def control_args(p: StudioParams) -> tuple[list[dict[str, Any]], list[str]]:
     for i, u in enumerate(p.controlnet):
         if not u.enabled:
             continue
+        if u.model.strip() in ("", "None", "none"):  # A1111 would skip the unit silently
+            raise StudioError(f"ControlNet unit {i + 1}: pick a model (ControlNet files go in models/controlnet)",
+                              f"controlnet.{i}.model")
         unit = u.model_dump(exclude={"enabled", "image"})
         if u.image:
             unit["image"] = _base64(u.image)
@@ -148,6 +151,11 @@ def control_args(p: StudioParams) -> tuple[list[dict[str, Any]], list[str]]:
     for i, r in enumerate(p.references):
         if not r.enabled:
             continue
+        if r.model.strip() in ("", "None", "none"):
+            raise StudioError(f"reference image {i + 1}: pick an IP-Adapter model (files go in models/ipadapter)",
+                              f"references.{i}.model")
+        if not r.image:
+            raise StudioError(f"reference image {i + 1}: choose its picture first", f"references.{i}.image")
         args.append({"module": REFERENCE_MODULE, "model": r.model, "image": _base64(r.image), "weight": r.weight,
                      "guidance_start": r.guidance_start, "guidance_end": r.guidance_end})
         where.append(f"references.{i}")

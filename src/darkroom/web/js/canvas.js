@@ -4,20 +4,83 @@ const $ = (id) => document.getElementById(id);
 const MASK_COLOR = "#ff2d6f";
 const UNDO_LIMIT = 30;
 
-function makeCanvas(w, h) {
+export function makeCanvas(w, h) {
   const c = document.createElement("canvas");
   c.width = w;
   c.height = h;
   return c;
 }
 
-function loadImage(src) {
+export function loadImage(src) {
   return new Promise((resolve, reject) => {
     const img = new Image();
     img.onload = () => resolve(img);
     img.onerror = () => reject(new Error("that file is not an image the browser can read"));
     img.src = src;
   });
+}
+
+/**
+ * Freehand strokes on a canvas with the pointer (the mask brush here, the control panel's scribble pad).
+ * `style()` gives {color, width, erase} for each stroke; `onStart()` may refuse (false) or snapshot for undo;
+ * `onEnd()` runs when a stroke is finished.
+ */
+export class StrokePad {
+  constructor(canvas, { style, onStart = () => true, onEnd = () => {} }) {
+    this.canvas = canvas;
+    this.style = style;
+    this.onStart = onStart;
+    this.onEnd = onEnd;
+    this.drawing = false;
+    this.last = null;
+    canvas.addEventListener("pointerdown", (e) => this.#down(e));
+    canvas.addEventListener("pointermove", (e) => this.#move(e));
+    canvas.addEventListener("pointerup", () => this.#up());
+    canvas.addEventListener("pointercancel", () => this.#up());
+    canvas.addEventListener("contextmenu", (e) => e.preventDefault());
+  }
+
+  /** Pointer position in canvas pixels (the canvas may be shown larger or smaller than it is). */
+  point(e) {
+    const r = this.canvas.getBoundingClientRect();
+    return [((e.clientX - r.left) * this.canvas.width) / r.width, ((e.clientY - r.top) * this.canvas.height) / r.height];
+  }
+
+  stroke(from, to) {
+    const { color, width, erase } = this.style();
+    const ctx = this.canvas.getContext("2d");
+    ctx.save();
+    ctx.globalCompositeOperation = erase ? "destination-out" : "source-over";
+    ctx.strokeStyle = ctx.fillStyle = color;
+    ctx.lineWidth = width;
+    ctx.lineCap = ctx.lineJoin = "round";
+    ctx.beginPath();
+    ctx.moveTo(from[0], from[1]);
+    ctx.lineTo(to[0] + 0.01, to[1]);
+    ctx.stroke();
+    ctx.restore();
+  }
+
+  #down(e) {
+    if (e.button > 0 || this.onStart() === false) return;
+    this.canvas.setPointerCapture(e.pointerId);
+    this.drawing = true;
+    this.last = this.point(e);
+    this.stroke(this.last, this.last);
+  }
+
+  #move(e) {
+    if (!this.drawing) return;
+    const p = this.point(e);
+    this.stroke(this.last, p);
+    this.last = p;
+  }
+
+  #up() {
+    if (!this.drawing) return;
+    this.drawing = false;
+    this.onEnd();
+  }
 }
 
 export class CanvasEditor extends EventTarget {
@@ -28,8 +91,6 @@ export class CanvasEditor extends EventTarget {
     this.wrap = $("canvas-wrap");
     this.tool = "brush";
     this.undoStack = [];
-    this.drawing = false;
-    this.last = null;
     this.hasImage = false;
     this.#bind();
   }
@@ -48,12 +109,15 @@ export class CanvasEditor extends EventTarget {
       if (file) this.loadFile(file);
       e.target.value = "";
     });
-    const m = this.mask;
-    m.addEventListener("pointerdown", (e) => this.#down(e));
-    m.addEventListener("pointermove", (e) => this.#move(e));
-    m.addEventListener("pointerup", (e) => this.#up(e));
-    m.addEventListener("pointercancel", (e) => this.#up(e));
-    m.addEventListener("contextmenu", (e) => e.preventDefault());
+    this.pad = new StrokePad(this.mask, {
+      style: () => ({ color: MASK_COLOR, width: Number($("brush-size").value), erase: this.tool === "eraser" }),
+      onStart: () => {
+        if (!this.hasImage) return false;
+        this.#snapshot();
+        return true;
+      },
+      onEnd: () => this.#changed("mask"),
+    });
     new ResizeObserver(() => this.fit()).observe(this.wrap);
   }
 
@@ -137,47 +201,6 @@ export class CanvasEditor extends EventTarget {
   }
 
   // -- mask -------------------------------------------------------------------------------------------------
-  #point(e) {
-    const r = this.mask.getBoundingClientRect();
-    return [((e.clientX - r.left) * this.mask.width) / r.width, ((e.clientY - r.top) * this.mask.height) / r.height];
-  }
-
-  #stroke(from, to) {
-    const ctx = this.mask.getContext("2d");
-    ctx.save();
-    ctx.globalCompositeOperation = this.tool === "eraser" ? "destination-out" : "source-over";
-    ctx.strokeStyle = ctx.fillStyle = MASK_COLOR;
-    ctx.lineWidth = Number($("brush-size").value);
-    ctx.lineCap = ctx.lineJoin = "round";
-    ctx.beginPath();
-    ctx.moveTo(from[0], from[1]);
-    ctx.lineTo(to[0] + 0.01, to[1]);
-    ctx.stroke();
-    ctx.restore();
-  }
-
-  #down(e) {
-    if (!this.hasImage || e.button > 0) return;
-    this.mask.setPointerCapture(e.pointerId);
-    this.#snapshot();
-    this.drawing = true;
-    this.last = this.#point(e);
-    this.#stroke(this.last, this.last);
-  }
-
-  #move(e) {
-    if (!this.drawing) return;
-    const p = this.#point(e);
-    this.#stroke(this.last, p);
-    this.last = p;
-  }
-
-  #up() {
-    if (!this.drawing) return;
-    this.drawing = false;
-    this.#changed("mask");
-  }
-
   clearMask() {
     if (!this.hasImage) return;
     this.#snapshot();

@@ -2,8 +2,11 @@
 
 import { getJSON, postJSON, request, ServerEvents, viewURL } from "./api.js";
 import { CanvasEditor } from "./canvas.js";
+import { ControlPanel } from "./control.js";
 import { SettingsForm } from "./form.js";
 import { Gallery } from "./gallery.js";
+import { ReferencePanel } from "./references.js";
+import { UpscaleAction } from "./upscale.js";
 
 const $ = (id) => document.getElementById(id);
 const OPEN_WORKFLOW_KEY = "darkroom.openWorkflow"; // read by the node editor's studio-bridge extension
@@ -12,6 +15,9 @@ const events = new ServerEvents();
 const form = new SettingsForm();
 const canvas = new CanvasEditor();
 const gallery = new Gallery();
+const controls = new ControlPanel();
+const references = new ReferencePanel();
+const upscale = new UpscaleAction(gallery);
 
 /** Jobs this page queued: prompt_id → {count, seeds, started, done}. */
 const jobs = new Map();
@@ -37,10 +43,19 @@ function toast(message, kind = "info", action = null) {
   toastTimer = setTimeout(() => { box.className = "toast"; }, action ? 9000 : 5000);
 }
 
+/** The element an error's field names: an id, or a control/reference unit's `data-field`. */
+function fieldElement(field) {
+  if (!field) return null;
+  return $(field) || document.querySelector(`[data-field="${CSS.escape(field)}"]`)
+    || document.querySelector(`[data-field^="${CSS.escape(field)}."]`);
+}
+
 function fieldError(err) {
   document.querySelectorAll(".invalid").forEach((n) => n.classList.remove("invalid"));
-  const el = err.field && $(err.field);
+  const el = fieldElement(err.field);
   if (el) {
+    const group = el.closest("details");
+    if (group) group.open = true;
     el.classList.add("invalid");
     el.focus();
   }
@@ -97,9 +112,11 @@ function showPreview(blob) {
 
 // -- generating -------------------------------------------------------------------------------------------------
 
-function settings() {
+async function settings() {
   const values = form.values();
   values.client_id = events.clientId;
+  values.controlnet = await controls.values(values.mode);
+  values.references = references.values();
   if (values.mode !== "txt2img") {
     if (!canvas.hasImage) throw Object.assign(new Error("Load or drop an image on the canvas first."), { field: "load-image" });
     values.init_image = canvas.imageDataURL();
@@ -114,12 +131,18 @@ function settings() {
 async function generate() {
   let values;
   try {
-    values = settings();
+    values = await settings();
   } catch (err) {
-    if (values === undefined && form.mode !== "txt2img") showTab("canvas");
+    const unitField = /^(controlnet|references)\./.test(err.field || "");
+    if (!unitField && form.mode !== "txt2img") showTab("canvas");
     fieldError(err);
     return;
   }
+  await queue(values);
+}
+
+/** Queue POST /studio/generate values; the job is followed over the websocket like every generation. */
+async function queue(values) {
   $("generate").disabled = true;
   try {
     const res = await postJSON("/studio/generate", values);
@@ -322,7 +345,7 @@ async function openAsWorkflow(workflow, name) {
 async function openCurrentAsWorkflow() {
   let values;
   try {
-    values = settings();
+    values = await settings();
   } catch (err) {
     fieldError(err);
     return;
@@ -346,6 +369,18 @@ gallery.addEventListener("img2img", (e) => toCanvas(e.detail.item.url, "img2img"
 gallery.addEventListener("inpaint", (e) => toCanvas(e.detail.item.url, "inpaint"));
 gallery.addEventListener("workflow", (e) => openAsWorkflow(e.detail.details.workflow, e.detail.item.filename.replace(/\.\w+$/, ".json")));
 gallery.addEventListener("deleted", (e) => toast(`Deleted ${e.detail.item.filename}.`, "ok"));
+upscale.addEventListener("upscaled", async (e) => {
+  const ref = e.detail;
+  toast(`Upscaled to ${ref.width} × ${ref.height}: ${ref.filename}.`, "ok");
+  await gallery.refresh().catch(() => {});
+  const item = gallery.items.find((i) => i.filename === ref.filename && i.subfolder === ref.subfolder);
+  if (item) gallery.open(item);
+});
+upscale.addEventListener("sd-upscale", async (e) => {
+  $("detail").close();
+  await queue({ ...e.detail, client_id: events.clientId });
+});
+upscale.addEventListener("error", (e) => toast(e.detail.message, "error"));
 
 // -- model info --------------------------------------------------------------------------------------------------
 
@@ -379,6 +414,9 @@ async function start() {
   });
   $("open-workflow").addEventListener("click", openCurrentAsWorkflow);
   $("model").addEventListener("change", updateModelInfo);
+  const followSize = () => controls.setSize(Number($("width").value), Number($("height").value));
+  for (const id of ["width", "height"]) $(id).addEventListener("change", followSize);
+  form.onChange = followSize;
   document.querySelectorAll("input[name=mode]").forEach((r) => r.addEventListener("change", () => {
     if (form.mode !== "txt2img") showTab("canvas");
   }));
@@ -399,6 +437,10 @@ async function start() {
   const model = form.checkpoint($("model").value);
   if (!restored && model?.native_size) form.set({ width: model.native_size, height: model.native_size });
   updateModelInfo();
+  followSize();
+  controls.load(getJSON).then(() => references.setModels(controls.models))
+    .catch((err) => toast(`Could not read the ControlNet models: ${err.message}`, "error"));
+  upscale.load().catch((err) => toast(`Could not read the upscalers: ${err.message}`, "error"));
   gallery.refresh().catch((err) => toast(`Could not read the gallery: ${err.message}`, "error"));
   document.body.classList.add("ready");
 }
