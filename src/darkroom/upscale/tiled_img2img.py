@@ -35,7 +35,7 @@ cut to the tile's box, as Ultimate SD Upscale's crop_cond does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, is_dataclass, replace
 from typing import Any
 
@@ -278,5 +278,5 @@ def sd_upscale(ckpt: Any, image: torch.Tensor, positive: Any, negative: Any, *, 
                          tile_height=tile_height, overlap=overlap, order=order)
 
 
-__all__: Sequence[str] = ("ALIGN", "MAX_PASSES", "ORDERS", "TileBox", "TileGrid", "TileSampler", "crop_conditioning",
-                          "ksampler_for", "sd_upscale", "tiled_img2img", "upscale_to")
+__all__ = ["ALIGN", "MAX_PASSES", "ORDERS", "TileBox", "TileGrid", "TileSampler", "crop_conditioning", "ksampler_for",
+           "sd_upscale", "tiled_img2img", "upscale_to"]
