@@ -206,3 +206,107 @@ def test_openpose_preprocessor_runs_the_network_from_the_annotators_folder(body_
     assert len(NETWORKS) == 1  # loaded once, then reused from the cache
     net = NETWORKS.get(body_file / "body_pose_model.pth", torch.device("cpu"), lambda p: pytest.fail("reloaded"))
     assert isinstance(net, op.BodyPoseNet) and not net.training
+
+
+# -- hands (openpose_hand) -----------------------------------------------------------------------------------------
+
+from darkroom.control import annotator_openpose_hand as oh  # noqa: E402
+
+#: hand_pose_model.pth (lllyasviel/Annotators), from pytorch-openpose's handpose_model.
+REAL_HAND_KEYS = {
+    "conv1_1.weight": (64, 3, 3, 3),
+    "conv4_3.weight": (512, 512, 3, 3),
+    "conv5_3_CPM.weight": (128, 512, 3, 3),
+    "conv6_1_CPM.weight": (512, 128, 1, 1),
+    "conv6_2_CPM.weight": (22, 512, 1, 1),
+    "Mconv1_stage2.weight": (128, 150, 7, 7),
+    "Mconv7_stage6.bias": (22,),
+}
+
+
+def test_hand_network_has_the_real_checkpoint_layout():
+    with torch.device("meta"):
+        net = oh.HandPoseNet()
+    sd = {op.checkpoint_key(k): tuple(v.shape) for k, v in net.state_dict().items()}
+    for key, shape in REAL_HAND_KEYS.items():
+        assert sd[key] == shape, key
+    assert len(sd) == 104 and sum(p.numel() for p in net.parameters()) == 36_832_324  # × 4 bytes ≈ the 147 MB file
+    assert all(isinstance(getattr(net, f"model{t}")[-1], nn.Conv2d) for t in range(2, 7))
+
+
+def test_hand_boxes_follow_openpose():
+    body: list = [None] * 18
+    body[5], body[6], body[7] = (100.0, 100.0), (100.0, 140.0), (100.0, 180.0)  # left arm hanging down
+    # centre a third of the forearm below the wrist (193.2), side 1.5 × 40 = 60
+    assert oh.hand_boxes(body, 400, 400) == [(70, 163, 60, True)]
+    assert oh.hand_boxes(body, 400, 210) == [(70, 163, 46, True)]  # clipped by the bottom edge
+    body[2], body[3], body[4] = (300.0, 100.0), (300.0, 140.0), (300.0, 180.0)
+    assert oh.hand_boxes(body, 400, 400) == [(70, 163, 60, True), (270, 163, 60, False)]
+    body[4] = None  # no right wrist: no right box
+    assert oh.hand_boxes(body, 400, 400) == [(70, 163, 60, True)]
+    body[2], body[3], body[4] = (300.0, 100.0), (300.0, 110.0), (300.0, 118.0)  # a short arm: 1.5 × 10 = 15 px
+    assert oh.hand_boxes(body, 400, 400) == [(70, 163, 60, True)]  # under 20 px: no box
+
+
+class _FakeHandNet(nn.Module):
+    """22 heatmaps with chosen bumps, placed in whatever square it is shown."""
+
+    def __init__(self, bumps: dict[int, list[tuple[float, float, float, float]]]) -> None:
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))
+        self.bumps = bumps  # joint → [(x, y) as fractions of the crop, height, width in fractions]
+
+    def forward(self, x):
+        h, w = x.shape[2] // 8, x.shape[3] // 8
+        yy, xx = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+        out = torch.zeros(1, 22, h, w)
+        for joint, bumps in self.bumps.items():
+            for fx, fy, height, width in bumps:
+                d2 = (xx / w - fx) ** 2 + (yy / h - fy) ** 2
+                out[0, joint] += height * torch.exp(-d2 / (2 * width**2))
+        return out
+
+
+def test_hand_joints_are_the_peak_of_the_strongest_region():
+    fake = _FakeHandNet({0: [(0.25, 0.5, 1.0, 0.05)],
+                         3: [(0.2, 0.2, 1.0, 0.02), (0.7, 0.7, 0.5, 0.1)]})  # tall and thin vs low and broad
+    joints = oh.hand_keypoints(fake, np.zeros((100, 100, 3), np.uint8))
+    assert len(joints) == 21 and all(joints[j] is None for j in range(21) if j not in (0, 3))
+    assert abs(joints[0][0] - 25) <= 2 and abs(joints[0][1] - 50) <= 2
+    assert abs(joints[3][0] - 70) <= 2 and abs(joints[3][1] - 70) <= 2  # the broad region holds more heat
+
+
+def test_openpose_hand_adds_hands_to_the_json_and_the_drawing():
+    body = [None if p is None else (float(p[0]), float(p[1])) for p in PERSON_A]
+    heat, pafs = synthetic_maps([PERSON_A], spread=60.0, thickness=9)
+    fake_hand = _FakeHandNet({j: [(0.3 + 0.02 * j, 0.5, 1.0, 0.05)] for j in range(21)})
+    pose = op.detect_pose_json(_FakeBodyNet(heat, pafs), np.zeros((H, W, 3), np.uint8), hand_net=fake_hand)
+    person = pose["people"][0]
+    assert len(person["hand_left_keypoints_2d"]) == len(person["hand_right_keypoints_2d"]) == 63
+    boxes = oh.hand_boxes(body, W, H)
+    x, y, side, _ = next(b for b in boxes if b[3])
+    lx, ly = person["hand_left_keypoints_2d"][0] * W, person["hand_left_keypoints_2d"][1] * H
+    assert abs(lx - (x + 0.3 * side)) <= 2 and abs(ly - (y + 0.5 * side)) <= 2  # joint 0 where the fake put it
+    canvas = render_pose(pose, hands=True, face=False)
+    assert tuple(canvas[int(ly), int(lx)]) == (0, 0, 255)  # a hand joint's blue dot
+
+
+@pytest.fixture(scope="module")
+def hand_file(body_file):
+    torch.manual_seed(4)
+    net = oh.HandPoseNet()
+    torch.save({op.checkpoint_key(k): v.half() for k, v in net.state_dict().items()}, body_file / "hand_pose_model.pth")
+    return body_file
+
+
+def test_openpose_hand_preprocessor_runs_both_networks(hand_file, monkeypatch):
+    NETWORKS.clear()
+    monkeypatch.setattr(op, "BOXSIZE", 64)
+    img = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    out = preprocess("openpose_hand", img, resolution=64, annotator_dirs=[hand_file], annotator_home=hand_file,
+                     device="cpu")
+    assert out.shape == (64, 64, 3) and out.dtype == np.float32
+    assert len(NETWORKS) == 2
+    net = NETWORKS.get(hand_file / "hand_pose_model.pth", torch.device("cpu"), lambda p: pytest.fail("not loaded"))
+    assert isinstance(net, oh.HandPoseNet)
+    assert len(oh.hand_keypoints(net, img[:40, :40, ::-1].copy(), scales=(0.25,), boxsize=128)) == 21

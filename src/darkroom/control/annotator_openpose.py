@@ -63,7 +63,8 @@ def _stage_layers(stage: int, branch: int) -> tuple[_Layer, ...]:
             (f"Mconv6_stage{stage}_L{branch}", 128, 128, 1), (f"Mconv7_stage{stage}_L{branch}", 128, out, 1))
 
 
-def _sequential(layers: Sequence[_Layer], no_relu: set[str]) -> nn.Sequential:
+def conv_stack(layers: Sequence[_Layer], no_relu: set[str]) -> nn.Sequential:
+    """Caffe-named convolutions (padding k // 2), each followed by "relu_<name>" unless listed, and 2×2 pools."""
     mods: OrderedDict[str, nn.Module] = OrderedDict()
     for layer in layers:
         if isinstance(layer, str):
@@ -85,10 +86,10 @@ class BodyPoseNet(nn.Module):
         # Mconv7_stage6_L1 twice and never Mconv7_stage6_L2, so released results have a ReLU there; so do we.
         no_relu = {f"conv5_5_CPM_L{b}" for b in (1, 2)} | {f"Mconv7_stage{t}_L{b}" for t in range(2, 6)
                                                           for b in (1, 2)} | {"Mconv7_stage6_L1"}
-        self.model0 = _sequential(_VGG, no_relu)
+        self.model0 = conv_stack(_VGG, no_relu)
         for t in range(1, 7):
             for b in (1, 2):
-                setattr(self, f"model{t}_{b}", _sequential(_stage_layers(t, b), no_relu))
+                setattr(self, f"model{t}_{b}", conv_stack(_stage_layers(t, b), no_relu))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.model0(x)  # (B, 128, H/8, W/8)
@@ -117,7 +118,7 @@ def load_body_model(path: Path) -> BodyPoseNet:
 # heatmaps and PAFs at image size
 
 
-def _resize(x: np.ndarray, width: int, height: int) -> np.ndarray:
+def resize_maps(x: np.ndarray, width: int, height: int) -> np.ndarray:
     """pytorch-openpose's resize: area when shrinking, Lanczos when enlarging; maps channel by channel."""
     import cv2
 
@@ -140,7 +141,7 @@ def body_maps(net: BodyPoseNet, bgr: np.ndarray, *, scales: Sequence[float] | No
     paf_avg = np.zeros((h, w, 38), np.float32)
     for scale in scales:
         k = scale * boxsize / h
-        img = _resize(bgr, max(1, int(w * k)), max(1, int(h * k)))
+        img = resize_maps(bgr, max(1, int(w * k)), max(1, int(h * k)))
         ih, iw = img.shape[:2]
         pb, pr = -ih % STRIDE, -iw % STRIDE
         img = np.pad(img, [[0, pb], [0, pr], [0, 0]], constant_values=PAD_VALUE)
@@ -149,8 +150,8 @@ def body_maps(net: BodyPoseNet, bgr: np.ndarray, *, scales: Sequence[float] | No
         pafs, heat = net(x.to(device=param.device, dtype=param.dtype))
         for maps, avg in ((heat, heat_avg), (pafs, paf_avg)):
             m = maps[0].float().permute(1, 2, 0).cpu().numpy()  # (H'/8, W'/8, C)
-            m = _resize(m, m.shape[1] * STRIDE, m.shape[0] * STRIDE)[:ih, :iw]
-            avg += _resize(m, w, h) / len(scales)
+            m = resize_maps(m, m.shape[1] * STRIDE, m.shape[0] * STRIDE)[:ih, :iw]
+            avg += resize_maps(m, w, h) / len(scales)
     return heat_avg, paf_avg
 
 
@@ -271,23 +272,39 @@ def pose_json(candidates: np.ndarray, people: np.ndarray, width: int, height: in
 
 
 def detect_pose_json(net: BodyPoseNet, rgb: np.ndarray, *, scales: Sequence[float] | None = None,
-                     boxsize: int | None = None) -> dict[str, Any]:
-    """An RGB uint8 image → the people in it as OpenPose JSON (canvas = the image)."""
+                     boxsize: int | None = None, hand_net: Any = None) -> dict[str, Any]:
+    """An RGB uint8 image → the people in it as OpenPose JSON (canvas = the image); with `hand_net` (a
+    HandPoseNet) their hands too."""
     h, w = rgb.shape[:2]
-    heat, pafs = body_maps(net, np.ascontiguousarray(rgb[:, :, ::-1]), scales=scales, boxsize=boxsize)
+    bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+    heat, pafs = body_maps(net, bgr, scales=scales, boxsize=boxsize)
     peaks = find_peaks(heat)
     candidates, people = assemble_people(peaks, connect_limbs(peaks, pafs, h))
-    return pose_json(candidates, people, w, h)
+    pose = pose_json(candidates, people, w, h)
+    if hand_net is not None:
+        from .annotator_openpose_hand import add_hands
+
+        bodies = [[None if i < 0 else (float(candidates[i, 0]), float(candidates[i, 1]))
+                   for i in row[:N_PARTS].astype(int)] for row in people]
+        add_hands(pose, hand_net, bgr, bodies)
+    return pose
 
 
 def run(preprocessor: str, image: np.ndarray, resolution: int, files: list[Path], device: Any,
         **_: Any) -> np.ndarray:
-    """The `openpose` preprocessor: the body stick figure on black, (H, W, 3) uint8 at the processor resolution."""
+    """`openpose` / `openpose_hand`: the stick figure (and hands) on black, (H, W, 3) uint8 at the processor
+    resolution."""
     from .openpose import render_pose
     from .preprocess import resize_short_side
 
     img = resize_short_side(image, resolution)
     padded, unpad = pad_to_multiple(img, 64)  # the extension detects on the 64-padded picture, then crops
     net = NETWORKS.get(files[0], device, load_body_model)
-    pose = detect_pose_json(net, padded)
-    return unpad(render_pose(pose, hands=False, face=False))
+    hands = preprocessor == "openpose_hand"
+    hand_net = None
+    if hands:
+        from .annotator_openpose_hand import load_hand_model
+
+        hand_net = NETWORKS.get(files[1], device, load_hand_model)
+    pose = detect_pose_json(net, padded, hand_net=hand_net)
+    return unpad(render_pose(pose, hands=hands, face=False))

@@ -5,8 +5,8 @@ and comfyui_controlnet_aux use (from huggingface.co/lllyasviel/Annotators unless
 every `annotators` model folder (`Settings.model_dirs("annotators")`, sub-folders included). Without them the
 preprocessor raises `AnnotatorMissingError` saying exactly which file to put where.
 
-With the files present, the networks darkroom implements run (`RUNNERS`: OpenPose body, HED, line art, Depth
-Anything V1/V2, each in its own `annotator_*` module, in plain PyTorch or transformers); the others raise
+With the files present, the networks darkroom implements run (`RUNNERS`: OpenPose body and hands, HED, line art,
+Depth Anything V1/V2, each in its own `annotator_*` module, in plain PyTorch or transformers); the others raise
 `AnnotatorUnavailableError`. Both messages suggest the built-in preprocessors, or sending an already processed control
 image with preprocessor "none". Loaded networks stay in a small LRU cache (one entry per file and device).
 """
@@ -132,6 +132,7 @@ def require_annotator(preprocessor: str, folders: Iterable[Path], home: Path) ->
 #: Preprocessors whose network darkroom runs → the module (in this package) with their `run` function.
 RUNNERS: dict[str, str] = {
     "openpose": ".annotator_openpose",
+    "openpose_hand": ".annotator_openpose",
     "hed": ".annotator_hed",
     "hed_safe": ".annotator_hed",
     "scribble_hed": ".annotator_hed",
@@ -219,7 +220,7 @@ def load_exact(module: Any, state_dict: dict[str, Any], path: Path, network: str
 class NetworkCache:
     """A small LRU of loaded annotator networks, keyed by file (path, size, mtime) and device."""
 
-    def __init__(self, max_items: int = 2) -> None:
+    def __init__(self, max_items: int = 3) -> None:
         self.max_items = max_items
         self._items: OrderedDict[tuple, Any] = OrderedDict()
         self._lock = threading.Lock()
