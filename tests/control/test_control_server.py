@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from cn_studio import shared_control_studio  # noqa: E402
 from cn_tiny import square_picture  # noqa: E402
 
-from darkroom.testing.studio import live_server_class  # noqa: E402
+from darkroom.testing.studio import start_live_server  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +29,7 @@ def control_studio():
 
 @pytest.fixture(scope="module")
 def server(control_studio, tmp_path_factory):
-    from darkroom.server.app import create_app
-    from darkroom.server.config import ServerConfig
-
-    cfg = ServerConfig(data_dir=tmp_path_factory.mktemp("cn-server"), port=0)
-    live = live_server_class()(create_app(control_studio.engine.settings, cfg, engine=control_studio.engine)).start()
+    live = start_live_server(control_studio.engine, tmp_path_factory.mktemp("cn-server"))
     yield live
     live.stop()
 

@@ -4,14 +4,12 @@ tiny checkpoint and gives the pixels of the same steps called directly; weight 0
 from __future__ import annotations
 
 import copy
-import shutil
 
 import numpy as np
 import pytest
 import torch
-from ipa_tiny import ipadapter_state_dict, tiny_clip_vision, write_clip_vision
+from ipa_studio import ENCODER, PLUS, REFERENCE, shared_ip_studio
 from PIL import Image
-from safetensors.torch import save_file
 
 from darkroom.engine import pipeline
 from darkroom.ipadapter.attention import attach, installed
@@ -37,9 +35,9 @@ BASE: dict = {
 
 def with_ipadapter(weight: float, *, start: float = 0.0, end: float = 1.0, weight_type: str = "linear") -> dict:
     wf = copy.deepcopy(BASE)
-    wf["10"] = {"class_type": "LoadImage", "inputs": {"image": "ref.png"}}
-    wf["11"] = {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": "tiny-vit.safetensors"}}
-    wf["12"] = {"class_type": "IPAdapterModelLoader", "inputs": {"ipadapter_file": "ip-plus-sd15.safetensors"}}
+    wf["10"] = {"class_type": "LoadImage", "inputs": {"image": REFERENCE}}
+    wf["11"] = {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": ENCODER}}
+    wf["12"] = {"class_type": "IPAdapterModelLoader", "inputs": {"ipadapter_file": PLUS}}
     wf["13"] = {"class_type": "IPAdapterAdvanced",
                 "inputs": {"model": ["4", 0], "ipadapter": ["12", 0], "image": ["10", 0], "weight": weight,
                            "weight_type": weight_type, "combine_embeds": "concat", "start_at": start, "end_at": end,
@@ -49,25 +47,11 @@ def with_ipadapter(weight: float, *, start: float = 0.0, end: float = 1.0, weigh
 
 
 @pytest.fixture(scope="module")
-def studio(tmp_path_factory):
-    from darkroom.engine import Engine
-    from darkroom.settings import Settings
-    from darkroom.testing.tiny import shared_tiny_checkpoint, shared_tiny_components
-
-    torch.set_num_threads(2)
-    root = tmp_path_factory.mktemp("ip-models")
-    (root / "checkpoints").mkdir()
-    shutil.copy(shared_tiny_checkpoint("sd15"), root / "checkpoints" / "tiny-sd15.safetensors")
-    write_clip_vision(root / "clip_vision" / "tiny-vit.safetensors", tiny_clip_vision(seed=3))
-    (root / "ipadapter").mkdir()
-    sd = ipadapter_state_dict(shared_tiny_components("sd15")["unet"], "plus", seed=9)
-    save_file(sd, str(root / "ipadapter" / "ip-plus-sd15.safetensors"))
-    inp, out = root / "input", root / "output"
-    inp.mkdir()
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(inp / "ref.png")
-    engine = Engine(Settings(models_dir=root, output_dir=out, data_dir=root / "data"), device="cpu", dtype="fp32")
-    return {"root": root, "engine": engine, "input": inp, "output": out, "temp": root / "temp"}
+def studio():
+    """The shared tiny studio: checkpoint, CLIP vision encoder, a plus IP-Adapter and the reference picture."""
+    st = shared_ip_studio()
+    return {"root": st.root, "engine": st.engine, "input": st.input_dir, "output": st.output_dir,
+            "temp": st.temp_dir}
 
 
 def run(studio, wf: dict) -> np.ndarray:
@@ -83,9 +67,9 @@ def direct(studio, weight: float, start: float, end: float) -> np.ndarray:
     """The same generation through the engine's steps and the ipadapter package, without the graph."""
     root = studio["root"]
     ckpt = studio["engine"].load("tiny-sd15.safetensors")
-    vision = load_clip_vision(root / "clip_vision" / "tiny-vit.safetensors")
-    adapter = load_ipadapter(root / "ipadapter" / "ip-plus-sd15.safetensors")
-    image = torch.from_numpy(np.asarray(Image.open(studio["input"] / "ref.png").convert("RGB"),
+    vision = load_clip_vision(root / "clip_vision" / ENCODER)
+    adapter = load_ipadapter(root / "ipadapter" / PLUS)
+    image = torch.from_numpy(np.asarray(Image.open(studio["input"] / REFERENCE).convert("RGB"),
                                         dtype=np.float32) / 255.0)[None]
     use = reference_use(adapter, vision, image, weight=weight, start_at=start, end_at=end)
     ms = pipeline.model_sampling_for(ckpt)
@@ -136,8 +120,8 @@ def test_unsupported_options_fail_with_a_message(studio):
 
 def test_negative_image_gives_the_uncond_tokens(studio):
     root = studio["root"]
-    vision = load_clip_vision(root / "clip_vision" / "tiny-vit.safetensors")
-    adapter = load_ipadapter(root / "ipadapter" / "ip-plus-sd15.safetensors")
+    vision = load_clip_vision(root / "clip_vision" / ENCODER)
+    adapter = load_ipadapter(root / "ipadapter" / PLUS)
     img, neg = torch.rand(1, 32, 32, 3), torch.rand(1, 32, 32, 3)
     use = reference_use(adapter, vision, img, image_negative=neg)
     torch.testing.assert_close(use.uncond, adapter.project(vision.encode(neg).penultimate_hidden_states))
@@ -147,7 +131,7 @@ def test_negative_image_gives_the_uncond_tokens(studio):
 
 
 def test_clip_vision_encode_node(studio):
-    vision = load_clip_vision(studio["root"] / "clip_vision" / "tiny-vit.safetensors")
+    vision = load_clip_vision(studio["root"] / "clip_vision" / ENCODER)
     img = torch.rand(2, 32, 48, 3)
     (out,) = CLIPVisionEncode().execute(None, vision, img, "none")
     assert isinstance(out, ClipVisionOutput) and out.image_embeds.shape == (2, 32)

@@ -61,3 +61,12 @@ def live_server_class() -> type:
         sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
         spec.loader.exec_module(module)
     return module.LiveServer
+
+
+def start_live_server(engine: Any, data_dir: Path) -> Any:
+    """A started LiveServer (`.stop()` it) serving darkroom over `engine`, its data under `data_dir`."""
+    from darkroom.server.app import create_app
+    from darkroom.server.config import ServerConfig
+
+    cfg = ServerConfig(data_dir=data_dir, port=0)
+    return live_server_class()(create_app(engine.settings, cfg, engine=engine)).start()
