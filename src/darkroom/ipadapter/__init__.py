@@ -8,5 +8,7 @@
 
 While sampling, `installed(unet, uses)` puts `IPAttnProcessor`s on the UNet's cross-attention layers (restored after)
 and `attach` marks the conditioning items; the denoiser passes each call's image-prompt tokens per row through
-`unet_kwargs` (cross_attention_kwargs["ip_hidden_states"]). Submodules import torch; this module imports nothing.
+`unet_kwargs` (cross_attention_kwargs["ip_hidden_states"]). `units` serves requests: A1111 ControlNet-extension units
+with ip-adapter modules (encoder and adapter files found, workflow nodes, the engine's side). Submodules import torch;
+this module imports nothing.
 """
