@@ -78,7 +78,7 @@ def hed_edges(net: ControlNetHED, rgb: np.ndarray) -> np.ndarray:
 
 
 def safe_step(x: np.ndarray, step: int = 2) -> np.ndarray:
-    """Quantise a 0..1 map to the levels 0, 1/step, …, 1 (floor of x·(step+1), over step; exactly 1 gives 1.5)."""
+    """Quantise a 0..1 map to the levels 0, 1/step, …, 1: floor(x · (step + 1)) / step (x = 1 gives 1 + 1/step)."""
     y = x.astype(np.float32) * float(step + 1)
     return y.astype(np.int32).astype(np.float32) / float(step)
 
