@@ -24,6 +24,24 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "control"))
 
 
 @pytest.fixture(scope="module")
+def ip_adapter(studio: Any) -> str:
+    """A tiny "plus" IP-Adapter and its CLIP vision encoder in the browser studio's models folder; its title."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "ipadapter"))
+    from ipa_tiny import ipadapter_state_dict, tiny_clip_vision, write_clip_vision
+    from safetensors.torch import save_file
+
+    from darkroom.testing.tiny import tiny_components
+
+    unet = tiny_components("sd15", seed=0)["unet"]
+    write_clip_vision(studio.models / "clip_vision" / "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors",
+                      tiny_clip_vision(seed=3))
+    (studio.models / "ipadapter").mkdir(exist_ok=True)
+    save_file(ipadapter_state_dict(unet, "plus", seed=9), str(studio.models / "ipadapter" / "ip-adapter-plus_sd15.safetensors"))
+    titles = requests.get(studio.server.url + "/controlnet/model_list", timeout=30).json()["model_list"]
+    return next(t for t in titles if t.startswith("ip-adapter-plus_sd15 ["))
+
+
+@pytest.fixture(scope="module")
 def control_models(studio: Any) -> dict[str, str]:
     """A tiny ControlNet for the browser studio's tiny checkpoint, installed as a canny and an openpose file."""
     from cn_tiny import tiny_controlnet, write_controlnet
@@ -53,6 +71,17 @@ def decode_data_url(src: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB")).astype(np.int16)
 
 
+def studio_with(browser: Any, prompt: str, steps: int, width: int, height: int) -> Any:
+    """The studio page with a prompt, steps and a size typed in (a size change reaches the control panel)."""
+    page = open_studio(browser)
+    page.fill("#prompt", prompt)
+    page.fill("#steps", str(steps))
+    for k, v in (("width", width), ("height", height)):
+        page.fill(f"#{k}", str(v))
+        page.dispatch_event(f"#{k}", "change")
+    return page
+
+
 def open_panel(page: Any, panel: str) -> None:
     page.eval_on_selector(f"#{panel}", "el => { el.open = true; el.scrollIntoView(); }")
 
@@ -60,12 +89,7 @@ def open_panel(page: Any, panel: str) -> None:
 def test_unit_preview_and_generate(browser: Any, studio: Any, control_models: dict, shot: Any, tmp_path: Path) -> None:
     source = tmp_path / "ring.png"
     ring_picture().save(source)
-    page = open_studio(browser)
-    page.fill("#prompt", "a ring")
-    page.fill("#steps", "3")
-    for k in ("width", "height"):
-        page.fill(f"#{k}", "64")
-        page.dispatch_event(f"#{k}", "change")
+    page = studio_with(browser, "a ring", 3, 64, 64)
     open_panel(page, "control-panel")
     page.wait_for_function("document.querySelectorAll('#cn-hint[hidden]').length === 1")  # models are installed
     page.click("#cn-add")
@@ -102,9 +126,12 @@ def test_unit_preview_and_generate(browser: Any, studio: Any, control_models: di
 
     # the reference panel says what to install when no IP-Adapter is there
     open_panel(page, "reference-panel")
-    hint = page.inner_text("#ref-hint")
-    assert "models/ipadapter" in hint and "models/clip_vision" in hint
-    assert page.is_disabled("#ref-add")
+    titles = requests.get(browser.base + "/controlnet/model_list", timeout=30).json()["model_list"]
+    if not any("ip-adapter" in t.lower() for t in titles):
+        hint = page.inner_text("#ref-hint")
+        assert "models/ipadapter" in hint and "models/clip_vision" in hint
+        assert page.is_disabled("#ref-add")
+    assert all("ip-adapter" not in m for m in unit.locator(".cn-module option").all_inner_texts())
 
     unit.locator(".cn-model").select_option(control_models["control_tiny_canny"])
     unit.locator(".cn-weight").fill("0.7")
@@ -165,10 +192,7 @@ def joint_centre(page: Any, index: int) -> tuple[float, float]:
 
 
 def test_pose_editor_drag(browser: Any, studio: Any, control_models: dict, shot: Any) -> None:
-    page = open_studio(browser)
-    for k, v in (("width", "256"), ("height", "320")):
-        page.fill(f"#{k}", v)
-        page.dispatch_event(f"#{k}", "change")
+    page = studio_with(browser, "", 20, 256, 320)
     open_panel(page, "control-panel")
     page.click("#cn-add")
     unit = page.locator("#cn-units .cn-unit").first
@@ -287,6 +311,58 @@ def test_upscale_a_gallery_image(browser: Any, studio: Any, shot: Any) -> None:
     page.click("#upscale-run")
     page.wait_for_selector("#upscale-scale.invalid")
     assert "scale" in page.inner_text("#upscale-status")
+
+    if offers_sd:  # SD upscale of the image shown (the 96 × 80 one): redrawn in tiles with image to image
+        page.select_option("#upscale-method", "sd-upscale")
+        assert page.is_visible("#upscale-denoise")
+        page.select_option("#upscale-sd-upscaler", "Lanczos")
+        page.fill("#upscale-denoise", "0.25")
+        page.fill("#upscale-scale", "2")
+        with page.expect_request("**/studio/generate") as sent:
+            page.click("#upscale-run")
+        body = sent.value.post_data_json
+        assert body["mode"] == "img2img" and body["prompt"] == "a tiny harbour at dawn" and body["seed"] == 77
+        assert body["sd_upscale"] == {"upscaler": "Lanczos", "scale": 2, "overlap": 32}  # at most half the tile
+        assert (body["width"], body["height"]) == (64, 64) and body["denoise"] == 0.25
+        page.wait_for_selector("#output img.result:not(.preview)", timeout=120_000)
+        page.wait_for_function("document.getElementById('progress-text').textContent.startsWith('Done')")
+        shot(page, "sd-upscaled")
+        src = page.get_attribute("#output img.result", "src")
+        assert fetch_png(browser.base, src).shape == (160, 192, 3)
+    assert not browser.errors, browser.errors
+    assert not browser.external, browser.external
+    page.close()
+
+
+def test_reference_image_generates(browser: Any, studio: Any, ip_adapter: str, shot: Any, tmp_path: Path) -> None:
+    source = tmp_path / "reference.png"
+    ring_picture(48).save(source)
+    page = studio_with(browser, "a cat", 3, 64, 64)
+    open_panel(page, "reference-panel")
+    page.wait_for_selector("#ref-add:not([disabled])")
+    assert page.is_hidden("#ref-hint")
+    page.click("#ref-add")
+    ref = page.locator("#ref-items .ref-item").first
+    assert ref.locator(".ref-model option").all_inner_texts() == [ip_adapter]  # IP-Adapters only
+    ref.locator(".ref-file").set_input_files(str(source))
+    page.wait_for_function("document.querySelector('.ref-item .ref-thumb').src.startsWith('data:')")
+    ref.locator(".ref-weight").fill("0.9")
+    ref.locator(".ref-end").fill("0.8")
+    shot(page, "reference-added")
+    with page.expect_request("**/studio/generate") as sent:
+        page.click("#generate")
+    (sent_ref,) = sent.value.post_data_json["references"]
+    assert sent_ref["model"] == ip_adapter and sent_ref["weight"] == 0.9 and sent_ref["guidance_end"] == 0.8
+    assert np.array_equal(decode_data_url(sent_ref["image"]), np.asarray(ring_picture(48)).astype(np.int16))
+    page.wait_for_selector("#output img.result:not(.preview)", timeout=120_000)
+    page.wait_for_function("document.getElementById('progress-text').textContent.startsWith('Done')")
+    shot(page, "generated-with-reference")
+    src = page.get_attribute("#output img.result", "src")
+    name = requests.utils.unquote(src.split("filename=")[1].split("&")[0])
+    from darkroom.metadata.reading import read_image_metadata
+
+    meta = read_image_metadata(next(studio.output.rglob(name)))
+    assert meta.infotext["ControlNet 0"].startswith(f"Module: ip-adapter-auto, Model: {ip_adapter}, Weight: 0.9")
     assert not browser.errors, browser.errors
     assert not browser.external, browser.external
     page.close()

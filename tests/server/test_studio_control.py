@@ -18,8 +18,10 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "control"))
+sys.path.insert(0, str(Path(__file__).parents[1] / "ipadapter"))
 from cn_studio import shared_control_studio  # noqa: E402
 from cn_tiny import square_picture  # noqa: E402
+from ipa_studio import PLUS, reference_picture, shared_ip_studio  # noqa: E402
 
 from darkroom.server.routes_studio import (  # noqa: E402
     StudioError, StudioParams, a1111_request, control_args)
@@ -42,9 +44,9 @@ def make_client(tmp_path_factory: pytest.TempPathFactory):
     from darkroom.server.app import create_app
     from darkroom.server.config import ServerConfig
 
-    studio = shared_control_studio()
     with contextlib.ExitStack() as stack:
-        def make(worker: bool = False) -> Any:
+        def make(worker: bool = False, studio: Any = None) -> Any:
+            studio = studio or shared_control_studio()
             cfg = ServerConfig(data_dir=tmp_path_factory.mktemp("studio-control"), worker=worker)
             app = create_app(studio.engine.settings, cfg, engine=studio.engine)
             return stack.enter_context(TestClient(app, base_url="http://127.0.0.1:8188"))
@@ -159,25 +161,60 @@ def test_a_reference_without_picture_or_model_is_named(make_client) -> None:
     assert r.status_code == 200, r.text
 
 
-def test_generate_with_a_unit_writes_its_infotext(make_client) -> None:
+def generated(c: Any, body: dict) -> tuple[np.ndarray, Any]:
+    """Queue POST /studio/generate, wait for its one image: (pixels, metadata)."""
     from darkroom.metadata.reading import read_image_metadata
 
-    c = make_client(worker=True)
-    title = cn_title(c, "control_sd15_tiny")
-    unit = {"model": title, "module": "canny", "image": data_url(square_picture()), "weight": 0.8}
-    r = c.post("/studio/generate", json={"prompt": "a square", "width": 64, "height": 64, "steps": 2, "seed": 9,
-                                         "controlnet": [unit]})
+    r = c.post("/studio/generate", json=body)
     assert r.status_code == 200, r.text
     prompt_id = r.json()["prompt_id"]
-    st = c.app.state.darkroom
     deadline = time.time() + 120
     while not (entry := c.get(f"/history/{prompt_id}").json().get(prompt_id)) and time.time() < deadline:
         time.sleep(0.1)
     assert entry and entry["status"]["status_str"] == "success", entry
     (ref,) = entry["outputs"]["9"]["images"]
-    meta = read_image_metadata(st.folders.output / ref["subfolder"] / ref["filename"])
+    path = c.app.state.darkroom.folders.output / ref["subfolder"] / ref["filename"]
+    with Image.open(path) as im:
+        pixels = np.asarray(im.convert("RGB")).astype(int)
+    return pixels, read_image_metadata(path)
+
+
+def test_generate_with_a_unit_writes_its_infotext(make_client) -> None:
+    c = make_client(worker=True)
+    title = cn_title(c, "control_sd15_tiny")
+    unit = {"model": title, "module": "canny", "image": data_url(square_picture()), "weight": 0.8}
+    _, meta = generated(c, {"prompt": "a square", "width": 64, "height": 64, "steps": 2, "seed": 9,
+                            "controlnet": [unit]})
     assert meta.infotext["ControlNet 0"].startswith("Module: canny, Model: " + title)
     assert "Weight: 0.8" in meta.infotext["ControlNet 0"]
+
+
+def test_a_reference_image_changes_the_picture(make_client) -> None:
+    c = make_client(worker=True, studio=shared_ip_studio())
+    plus = cn_title(c, PLUS.removesuffix(".safetensors"))
+    base = {"prompt": "a cat", "width": 64, "height": 64, "steps": 3, "seed": 13, "cfg": 5}
+    plain, _ = generated(c, base)
+    ref = {"model": plus, "image": data_url(reference_picture()), "weight": 1.0, "guidance_start": 0.0,
+           "guidance_end": 1.0}
+    with_ref, meta = generated(c, {**base, "references": [ref]})
+    assert np.abs(with_ref - plain).mean() > 1.0
+    assert meta.infotext["ControlNet 0"].startswith(f"Module: ip-adapter-auto, Model: {plus}, Weight: 1")
+    off, _ = generated(c, {**base, "references": [{**ref, "enabled": False}]})
+    assert np.array_equal(off, plain)
+
+
+def test_sd_upscale_through_the_studio(make_client) -> None:
+    c = make_client(worker=True)
+    y, x = np.mgrid[0:64, 0:64]
+    picture = Image.fromarray(np.stack([x * 4, y * 4, (x + y) * 2], -1).astype(np.uint8))
+    body = {"prompt": "a gradient", "mode": "img2img", "init_image": data_url(picture), "width": 64, "height": 64,
+            "steps": 2, "seed": 4, "denoise": 0.2, "sd_upscale": {"upscaler": "Lanczos", "scale": 2, "overlap": 16}}
+    pixels, meta = generated(c, body)
+    assert pixels.shape == (128, 128, 3)
+    assert meta.infotext["SD upscale overlap"] == "16" and meta.infotext["SD upscale upscaler"] == "Lanczos"
+    assert meta.infotext["Denoising strength"] == "0.2" and "Size: 64x64," in meta.parameters  # the tile size
+    r = c.post("/studio/generate", json={**body, "sd_upscale": {"upscaler": "Lanczos", "overlap": 40}})
+    assert r.status_code == 400 and r.json()["field"] == "sd_upscale" and "overlap" in r.json()["error"], r.text
 
 
 # -- upscale --------------------------------------------------------------------------------------------------------

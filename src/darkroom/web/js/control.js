@@ -348,7 +348,7 @@ export class ControlPanel extends CardList {
   async load(getJSON) {
     const [models, modules] = await Promise.all([getJSON("/controlnet/model_list"), getJSON("/controlnet/module_list")]);
     this.models = models.model_list || [];
-    this.modules = modules.module_list || ["none"];
+    this.modules = (modules.module_list || ["none"]).filter((m) => !isIPAdapter(m)); // references use those
     this.moduleDetail = modules.module_detail || {};
     const none = !this.controlModels().length;
     $("cn-hint").hidden = !none;

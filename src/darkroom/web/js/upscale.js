@@ -26,6 +26,12 @@ async function dataURLOf(url) {
 
 const round8 = (v) => Math.max(64, Math.round(v / 8) * 8);
 
+/** The tile overlap asked for, as A1111's SD upscale takes it: a multiple of 8, at most half the tile. */
+function overlapFor(width, height) {
+  const top = Math.floor(Math.min(width, height) / 2 / 8) * 8;
+  return Math.min(top, Math.max(0, Math.floor(Number($("upscale-overlap").value) / 8) * 8));
+}
+
 /**
  * Events: "upscaled" (detail: the new image's gallery reference, from /studio/upscale), "sd-upscale"
  * (detail: POST /studio/generate values to queue), "error" (detail: {message}).
@@ -69,7 +75,7 @@ export class UpscaleAction extends EventTarget {
   #fail(message, field) {
     document.querySelectorAll("#upscale-form .invalid").forEach((n) => n.classList.remove("invalid"));
     const target = { upscaler: "upscale-method", scale: "upscale-scale", "sd_upscale.upscaler": "upscale-sd-upscaler",
-      denoise: "upscale-denoise" }[field];
+      denoise: "upscale-denoise", sd_upscale: "upscale-overlap" }[field];
     if (target) $(target).classList.add("invalid");
     $("upscale-status").textContent = message;
     this.dispatchEvent(new CustomEvent("error", { detail: { message } }));
@@ -107,7 +113,7 @@ export class UpscaleAction extends EventTarget {
     const values = {
       ...settings, mode: "img2img", width, height, batch_size: 1, init_image: await dataURLOf(item.url),
       denoise: Number($("upscale-denoise").value),
-      sd_upscale: { upscaler: $("upscale-sd-upscaler").value, scale, overlap: Number($("upscale-overlap").value) },
+      sd_upscale: { upscaler: $("upscale-sd-upscaler").value, scale, overlap: overlapFor(width, height) },
     };
     $("upscale-status").textContent = "Queued SD upscale…";
     this.dispatchEvent(new CustomEvent("sd-upscale", { detail: values }));
