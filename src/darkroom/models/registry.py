@@ -36,13 +36,34 @@ _DEFAULT_EXT = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
 _TITLE_HASH = re.compile(r"\s*\[[0-9a-fA-F]{8,64}\]$")
 
 
-def default_builtin_checkpoints() -> list[Path]:
-    """The project's own model(s) shipped in `darkroom/default_model/*.safetensors`."""
+def _builtin_files() -> list[Path]:
+    """Every `.safetensors` file shipped in `darkroom/default_model/`."""
     try:
         root = Path(str(resources.files("darkroom") / "default_model"))
     except (ModuleNotFoundError, TypeError):
         return []
     return sorted(root.glob("*.safetensors")) if root.is_dir() else []
+
+
+def _is_controlnet_file(path: Path) -> bool:
+    """Whether a safetensors file holds an original-layout ControlNet (`control_model.*` keys; header only)."""
+    from .files import read_safetensors_header
+
+    try:
+        header, _ = read_safetensors_header(path)
+    except (ModelFileError, OSError):
+        return False
+    return any(k.startswith("control_model.") for k in header)
+
+
+def default_builtin_checkpoints() -> list[Path]:
+    """The project's own model(s) shipped in `darkroom/default_model/*.safetensors` (ControlNets excluded)."""
+    return [p for p in _builtin_files() if not _is_controlnet_file(p)]
+
+
+def default_builtin_controlnets() -> list[Path]:
+    """The ControlNets shipped beside the built-in model (e.g. `darkroom-shapes-v1-canny.safetensors`)."""
+    return [p for p in _builtin_files() if _is_controlnet_file(p)]
 
 
 @dataclass
@@ -75,10 +96,12 @@ class ModelRegistry:
     """Lists and finds model files under the configured model folders."""
 
     def __init__(self, settings: Any, builtin_checkpoints: list[Path] | None = None,
-                 hash_cache: HashCache | None = None):
+                 hash_cache: HashCache | None = None, builtin_controlnets: list[Path] | None = None):
         self.settings = settings
         self.builtin_checkpoints = [Path(p) for p in (
             default_builtin_checkpoints() if builtin_checkpoints is None else builtin_checkpoints)]
+        self.builtin_controlnets = [Path(p) for p in (
+            default_builtin_controlnets() if builtin_controlnets is None else builtin_controlnets)]
         self.hashes = hash_cache or HashCache(Path(settings.resolved_cache_dir) / "hashes.json")
 
     # -- listing --------------------------------------------------------------------------------------------
@@ -112,8 +135,8 @@ class ModelRegistry:
         if kind not in EXTENSIONS:
             raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(EXTENSIONS)}")
         found = self._scan(kind)
-        if kind == "checkpoints" and not found:
-            found = {p.name: p for p in self.builtin_checkpoints if p.exists()}
+        if kind in ("checkpoints", "controlnet") and not found:
+            found = {p.name: p for p in self._builtins(kind) if p.exists()}
         return dict(sorted(found.items(), key=lambda kv: kv[0].lower()))
 
     def list(self, kind: str) -> list[str]:
@@ -129,9 +152,8 @@ class ModelRegistry:
     def find(self, kind: str, name: str | Path) -> Path:
         """The path of a model given its name (with or without extension), an A1111 title, or a path."""
         entries = self.entries(kind)
-        if kind == "checkpoints":
-            for p in self.builtin_checkpoints:
-                entries.setdefault(p.name, p)
+        for p in self._builtins(kind):
+            entries.setdefault(p.name, p)
         raw = str(name).strip()
         p = Path(raw).expanduser()
         text = _TITLE_HASH.sub("", raw).replace("\\", "/")
@@ -152,6 +174,10 @@ class ModelRegistry:
             f"no {kind} model named {raw!r}" + (f" (several match: {', '.join(base)})" if len(base) > 1 else "")
             + f". Available: {listed}. Searched: {folders}"
         )
+
+    def _builtins(self, kind: str) -> list[Path]:
+        """The shipped models of a kind (the built-in checkpoint and its ControlNets)."""
+        return {"checkpoints": self.builtin_checkpoints, "controlnet": self.builtin_controlnets}.get(kind, [])
 
     @staticmethod
     def _stem(name: str) -> str:
@@ -178,7 +204,7 @@ class ModelRegistry:
         path = Path(path)
         if not path.exists():
             raise ModelFileError(f"model file not found: {path}")
-        builtin = any(path.resolve() == b.resolve() for b in self.builtin_checkpoints if b.exists())
+        builtin = any(path.resolve() == b.resolve() for b in self._builtins(kind) if b.exists())
         name = self.name_of(kind, path) or path.name
         if is_pickle(path) and not allow_unsafe_pickle:
             label = "pickle file (not inspected)"
