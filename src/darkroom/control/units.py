@@ -384,7 +384,7 @@ def attach_units(engine: Any, ckpt: Any, units: list[ControlNetUnit], positive: 
                 masks = torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32)[:, :, 0] / 255.0)[None]
         hint = prepare_hint(image, unit.module, resolution=unit.processor_res, threshold_a=unit.threshold_a,
                             threshold_b=unit.threshold_b, masks=masks, width=width, height=height,
-                            mode=unit.resize_mode, annotator_dirs=dirs, annotator_home=home)
+                            mode=unit.resize_mode, annotator_dirs=dirs, annotator_home=home, device=engine.device)
         if unit.weight == 0:  # ControlNetApplyAdvanced returns the conditioning unchanged
             continue
         shared = AppliedControl(model, hint, unit.weight, unit.guidance_start, unit.guidance_end,

@@ -216,7 +216,7 @@ class ControlNetPreprocessor(Node):
         dirs, home = annotator_folders(ctx)
         return (prepare_hint(image, preprocessor, resolution=resolution, threshold_a=threshold_a,
                              threshold_b=threshold_b, masks=mask, width=width, height=height, mode=resize_mode,
-                             annotator_dirs=dirs, annotator_home=home),)
+                             annotator_dirs=dirs, annotator_home=home, device=service(ctx, "engine").device),)
 
 
 class OpenPoseRender(Node):

@@ -125,7 +125,7 @@ def _detect(st: Any, module: str, images: list[str], masks: list[str], res: int,
             mask = np.asarray(_decode(st, masks[i], f"controlnet_masks[{i}]").convert("L"))
         hint = preprocess(module, img, resolution=res, threshold_a=a, threshold_b=b, mask=mask,
                           annotator_dirs=settings.model_dirs("annotators"),
-                          annotator_home=settings.models_dir / "annotators")
+                          annotator_home=settings.models_dir / "annotators", device=st.engine.device)
         from PIL import Image
 
         shown = (np.clip(hint, 0, 1) * 255.0 + 0.5).astype(np.uint8)  # inpaint's -1 pixels show black
