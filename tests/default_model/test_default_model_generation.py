@@ -198,3 +198,52 @@ def test_img2img_follows_a_new_prompt_at_high_denoise(engine, tmp_path) -> None:
     hits = sum(score_image(_gen(engine, target.prompt, seed=s, init_image=src, denoise=0.75).images[0], target)["colour"]
                for s in (1, 2, 3))
     assert hits >= 2
+
+
+def _inpaint(engine, tmp_path, init: np.ndarray, keep: np.ndarray, prompt: str, seed: int) -> np.ndarray:
+    """ComfyUI-style inpainting (LoadImage alpha → SetLatentNoiseMask → KSampler at denoise 1 → ImageCompositeMasked
+    back onto the original) of the pixels where `keep` is False; → (64, 64, 3) uint8."""
+    from PIL import Image
+
+    from darkroom.nodes import run_workflow
+
+    rgba = np.dstack([init, np.where(keep, 255, 0).astype(np.uint8)])  # transparent = repaint, as ComfyUI's mask
+    (tmp_path / "in").mkdir(exist_ok=True)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "in" / "init.png")
+    ckpt = default_model.path().name
+    wf = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": prompt, "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "4": {"class_type": "LoadImage", "inputs": {"image": "init.png"}},
+        "5": {"class_type": "VAEEncode", "inputs": {"pixels": ["4", 0], "vae": ["1", 2]}},
+        "6": {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["5", 0], "mask": ["4", 1]}},
+        "7": {"class_type": "KSampler", "inputs": {"seed": seed, "steps": 20, "cfg": 5.0, "sampler_name": "euler",
+                                                   "scheduler": "normal", "denoise": 1.0, "model": ["1", 0],
+                                                   "positive": ["2", 0], "negative": ["3", 0],
+                                                   "latent_image": ["6", 0]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["1", 2]}},
+        "10": {"class_type": "ImageCompositeMasked", "inputs": {"destination": ["4", 0], "source": ["8", 0], "x": 0,
+                                                                "y": 0, "resize_source": False, "mask": ["4", 1]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["10", 0], "filename_prefix": f"inpaint{seed}"}},
+    }
+    result = run_workflow(wf, engine=engine, input_dir=tmp_path / "in", output_dir=tmp_path / "out",
+                          temp_dir=tmp_path / "tmp", previews=False)
+    item = result.outputs["9"]["images"][0]
+    with Image.open(tmp_path / "out" / item["subfolder"] / item["filename"]) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def test_inpainting_draws_the_prompt_in_the_mask_and_keeps_the_rest(engine, tmp_path) -> None:
+    init = render("green", [("square", "red", (46.0, 18.0), 28.0)])  # a red square at the top right
+    keep = np.ones((64, 64), dtype=bool)
+    keep[32:, :32] = False  # repaint the bottom-left quarter
+    target = make_prompt("green", "yellow", "circle", "bottom left", "large")
+    hits = 0
+    for seed in (1, 2, 3):
+        out = _inpaint(engine, tmp_path, init, keep, target.prompt, seed)
+        found = {(s.colour, s.position) for s in analyse(out).shapes}
+        hits += ("yellow", "bottom left") in found and ("red", "top right") in found
+        assert np.array_equal(out[keep], init[keep])  # what was not masked is the original picture
+        assert np.abs(out[~keep].astype(int) - init[~keep].astype(int)).mean() > 10  # the masked part was redrawn
+    assert hits >= 2
