@@ -11,8 +11,9 @@ min-SNR × capped 1/ᾱ weighting, shape cells weighted up, half the batch at hi
 exported as one .safetensors in the original ControlNet layout (`control_model.*`, as A1111/ComfyUI files), the
 config fields the shapes cannot tell in the `darkroom.config` metadata.
 
-  nice -n 19 env HF_HUB_OFFLINE=1 .venv/bin/python training/train_default_controlnet.py --work /tmp/dr-cn
-  (--base FILE: another base checkpoint; the output is named after it: darkroom-shapes-v2 → …-v2-canny.safetensors)
+  HF_HUB_OFFLINE=1 nice -n 19 .venv/bin/python training/train_default_controlnet.py --work /tmp/dr-cn
+  (--base FILE: another base checkpoint; the output goes beside the built-in model, named after the base:
+   darkroom-shapes-v2.safetensors → darkroom-shapes-v2-canny.safetensors; --out FILE to choose)
 
 Every --eval-every steps the EMA ControlNet is exported and measured through the engine
 (`training/measure_control.py`); training stops once the placement rate reaches --stop-at.
@@ -41,7 +42,7 @@ sys.path.insert(0, str(ROOT / "training"))
 from train_default_model import TRAIN_STEPS, alphas_cumprod, build_data, latent_foreground, log, lr_at  # noqa: E402
 from train_default_model import tokenize  # noqa: E402
 
-from darkroom.shapes.dataset import IMAGE_SIZE, SceneLabel, caption_for  # noqa: E402
+from darkroom.shapes.dataset import IMAGE_SIZE, POSITIONS, SceneLabel, caption_for  # noqa: E402
 
 #: Hint encoder widths: four levels, three stride-2 steps, so a 64×64 hint meets the 8×8 latent (the released SD1.5
 #: ControlNets use (16, 32, 96, 256) for 512 → 64).
@@ -50,13 +51,14 @@ SUFFIX = "-canny"
 
 
 def default_base() -> Path:
-    """The built-in default model's checkpoint file."""
+    """The built-in default model's checkpoint file (the one `darkroom.default_model` names, if several ship)."""
+    from darkroom import default_model
     from darkroom.models.registry import default_builtin_checkpoints
 
     found = default_builtin_checkpoints()
     if not found:
         raise SystemExit("no built-in default model found; pass --base FILE")
-    return found[0]
+    return next((p for p in found if p.name == default_model.FILE_NAME), found[0])
 
 
 def default_out(base: Path) -> Path:
@@ -313,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n-images", type=int, default=8000)
     ap.add_argument("--n-alt-captions", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--warmup", type=int, default=50)
@@ -327,8 +329,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fg-weight", type=float, default=4.0)
     ap.add_argument("--save-every", type=int, default=250)
     ap.add_argument("--eval-every", type=int, default=250, help="probe the placement rate (0: never)")
-    ap.add_argument("--eval-positions", nargs="+", default=["left", "right", "top", "bottom"])
-    ap.add_argument("--stop-at", type=float, default=1.01, help="stop once the probe's rate reaches this")
+    ap.add_argument("--eval-positions", nargs="+", default=list(POSITIONS), help="probe cases: 4 kinds at each")
+    ap.add_argument("--stop-at", type=float, default=0.97, help="stop once the probe's rate reaches this (>1: never)")
     ap.add_argument("--resume", type=Path, default=None, help="a saved step_XXXXX folder to continue from")
     args = ap.parse_args(argv)
 
