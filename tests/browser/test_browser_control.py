@@ -216,6 +216,7 @@ def test_pose_editor_drag(browser: Any, studio: Any, control_models: dict, shot:
     svg = page.locator(".cn-unit .pose-svg").bounding_box()
     x0, y0 = joint_centre(page, 4)
     tx, ty = svg["x"] + svg["width"] * 0.12, svg["y"] + svg["height"] * 0.2
+    old_src = unit.locator(".cn-preview").get_attribute("src")  # read before the drag: the answer may come at once
     with page.expect_request("**/controlnet/render_openpose_json") as moved:
         page.mouse.move(x0, y0)
         page.mouse.down()
@@ -224,8 +225,7 @@ def test_pose_editor_drag(browser: Any, studio: Any, control_models: dict, shot:
     kp = np.array(moved.value.post_data_json[0]["people"][0]["pose_keypoints_2d"]).reshape(18, 3)
     assert abs(kp[4, 0] - 0.12 * 256) < 4 and abs(kp[4, 1] - 0.2 * 320) < 4
     assert np.array_equal(np.delete(kp, 4, axis=0), np.delete(standing, 4, axis=0))  # only the wrist moved
-    page.wait_for_function("(old) => document.querySelector('.cn-unit .cn-preview').src !== old",
-                           arg=unit.locator(".cn-preview").get_attribute("src"))
+    page.wait_for_function("(old) => document.querySelector('.cn-unit .cn-preview').src !== old", arg=old_src)
     after = decode_data_url(unit.locator(".cn-preview").get_attribute("src"))
     shot(page, "wrist-raised")
     wrist = np.array([170, 255, 0])  # OpenPose's colour of keypoint 4
