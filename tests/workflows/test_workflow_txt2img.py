@@ -126,10 +126,10 @@ def test_interrupt_stops_sampling_and_saves_nothing(studio):
 
 def test_unknown_class_is_named_in_the_error(studio):
     wf = studio.workflow("txt2img")
-    wf["10"] = {"class_type": "UltimateSDUpscale", "inputs": {"image": ["8", 0]}, "_meta": {"title": "Upscale"}}
-    with pytest.raises(PromptValidationError, match="UltimateSDUpscale") as info:
+    wf["10"] = {"class_type": "ReActorFaceSwap", "inputs": {"image": ["8", 0]}, "_meta": {"title": "Upscale"}}
+    with pytest.raises(PromptValidationError, match="ReActorFaceSwap") as info:
         studio.run(wf)
-    assert info.value.error["extra_info"]["class_type"] == "UltimateSDUpscale"
+    assert info.value.error["extra_info"]["class_type"] == "ReActorFaceSwap"
     assert info.value.error["extra_info"]["node_id"] == "10"
 
 
