@@ -16,22 +16,30 @@ pytestmark = pytest.mark.skipif(not default_model.available(), reason="the defau
 
 #: Floors for the mixed suite (36 prompts, one third large) at cfg 5: a little below the rates measured on the shipped
 #: model (docs/default-model.md), so that arithmetic differences between CPUs cannot flip the result.
-FLOORS_CFG5 = {"background": 0.90, "colour": 0.90, "position": 0.70, "size": 0.85}
-#: Issue #3's targets where the shipped model is still below them (measured: position 0.78).
+FLOORS_CFG5 = {"background": 0.90, "colour": 0.90, "position": 0.60, "size": 0.85}
+#: Issue #3's targets where the shipped model is still below them (measured: position 0.67).
 TARGETS_CFG5 = {"position": 0.85}
 #: Shape kinds are only judged on large shapes: a small shape spans about 2×2 cells of the 8×8 latent and comes back
 #: from the autoencoder as a rounded blob even when encoded from a perfect drawing (see the model card).
-FLOORS_LARGE_CFG5 = {"kind": 0.80}
-#: How much higher the mean of the background, colour and position rates is at cfg 5 than at cfg 1
-#: (measured: 0.92 against 0.84).
-GUIDANCE_GAIN = 0.05
+#: Measured on the large suite at cfg 5: kind 0.58 (chance is 0.25); issue #3 asks for 0.80.
+FLOORS_LARGE_CFG5 = {"kind": 0.45}
+TARGETS_LARGE_CFG5 = {"kind": 0.80}
+#: How much higher the mean of the position and kind rates of the large suite is at cfg 5 than at cfg 1
+#: (measured: 0.625 against 0.455). Background and colour are right at both (1.00).
+GUIDANCE_GAIN = 0.08
 SIMPLE = make_prompt("blue", "yellow", "circle", "left", "large")
+#: The sampler check's prompt leaves out the position, the model's weakest attribute (two times in three), so that a
+#: miss means a broken sampler rather than the model's usual error: a sampler that mis-scales noise or steps gives
+#: mud, not a large yellow shape on flat blue.
+SAMPLER_PROMPT = "a large yellow circle on a blue background"
 #: Step counts people use with each sampler (LCM is a few-step sampler).
 USUAL_STEPS = {"lcm": 8}
 #: Schedulers people pair with a sampler (A1111's "Automatic" for the 3M SDE samplers is exponential). On this
 #: 8×8-latent model the third/fourth-order multistep samplers derail with the `normal` schedule at cfg 5 (its first
 #: step from σ = 14.6 is very large); ipndm also with `exponential`, and works with simple/karras/sgm_uniform/beta.
-USUAL_SCHEDULER = {"dpmpp_3m_sde": "exponential", "dpmpp_3m_sde_gpu": "exponential", "ipndm": "simple"}
+USUAL_SCHEDULER = {"lms": "karras", "dpmpp_2m_sde": "exponential", "dpmpp_2m_sde_gpu": "exponential",
+                   "dpmpp_2m_sde_heun": "exponential", "dpmpp_2m_sde_heun_gpu": "exponential",
+                   "dpmpp_3m_sde": "exponential", "dpmpp_3m_sde_gpu": "exponential", "ipndm": "karras"}
 
 
 @pytest.fixture(scope="module")
@@ -101,10 +109,10 @@ def test_used_when_no_other_checkpoint_is_installed(engine) -> None:
     assert engine.native_size(None) == (64, 64)
 
 
-#: The shipped model follows colours, backgrounds, sizes and (mostly) positions, but not yet shape kinds, and its
-#: positions are below issue #3's 85% (issue #3 stays open: it needs a longer training run). These marks are strict,
-#: so the suite reports the day a better model passes.
-NOT_YET_LEARNED = pytest.mark.xfail(strict=True, reason="darkroom-shapes-v1 does not yet reach this target")
+#: The shipped model follows colours, backgrounds and sizes, positions two times in three and the kind of a large
+#: shape more often than not, below issue #3's 85% and 80% (issue #3 stays open). These marks are strict, so the
+#: suite reports the day a better model passes.
+NOT_YET_LEARNED = pytest.mark.xfail(strict=True, reason="darkroom-shapes-v2 does not yet reach this target")
 
 
 def test_colours_and_backgrounds_are_followed_at_cfg_5(engine) -> None:
@@ -126,20 +134,27 @@ def test_positions_reach_the_issue_target(engine) -> None:
         assert r[attr] >= target, (attr, r)
 
 
-@NOT_YET_LEARNED
 def test_shape_kinds_are_followed_for_large_shapes(engine) -> None:
     r = _suite_rates(engine, cfg=5.0, suite="large")
     for attr, floor in FLOORS_LARGE_CFG5.items():
         assert r[attr] >= floor, (attr, r)
 
 
+@NOT_YET_LEARNED
+def test_shape_kinds_reach_the_issue_target(engine) -> None:
+    r = _suite_rates(engine, cfg=5.0, suite="large")
+    for attr, target in TARGETS_LARGE_CFG5.items():
+        assert r[attr] >= target, (attr, r)
+
+
 def test_guidance_helps(engine) -> None:
-    r1 = _suite_rates(engine, cfg=1.0)
-    r5 = _suite_rates(engine, cfg=5.0)
-    mean1 = (r1["background"] + r1["colour"] + r1["position"]) / 3
-    mean5 = (r5["background"] + r5["colour"] + r5["position"]) / 3
+    r1 = _suite_rates(engine, cfg=1.0, suite="large")
+    r5 = _suite_rates(engine, cfg=5.0, suite="large")
+    mean1 = (r1["position"] + r1["kind"]) / 2
+    mean5 = (r5["position"] + r5["kind"]) / 2
     assert mean5 >= mean1 + GUIDANCE_GAIN, (r1, r5)
-    assert r5["colour"] > r1["colour"] and r5["position"] > r1["position"], (r1, r5)
+    assert r5["position"] > r1["position"] and r5["kind"] > r1["kind"], (r1, r5)
+    assert r5["all"] > r1["all"], (r1, r5)
 
 
 def test_same_seed_same_pixels_and_different_seeds_differ(engine) -> None:
@@ -169,9 +184,9 @@ def test_every_sampler_draws_the_simple_prompt(engine, sampler: str) -> None:
     scheduler = USUAL_SCHEDULER.get(sampler, "normal")
     hits = 0
     for seed in (1, 2):
-        s = score_image(_gen(engine, SIMPLE.prompt, seed=seed, sampler=sampler, scheduler=scheduler,
+        s = score_image(_gen(engine, SAMPLER_PROMPT, seed=seed, sampler=sampler, scheduler=scheduler,
                              steps=steps).images[0], SIMPLE)
-        hits += s["background"] and s["colour"] and s["position"]
+        hits += s["background"] and s["colour"] and s["size"]
     assert hits >= 1, sampler
 
 

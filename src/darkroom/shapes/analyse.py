@@ -117,8 +117,11 @@ def analyse(image: np.ndarray | Image.Image, *, max_shapes: int = 4) -> Analysis
     """Read background colour and up to `max_shapes` shapes from an (H, W, 3) uint8 image or PIL image."""
     img = _to_array(image).astype(np.float32)  # (H, W, 3)
     h, w, _ = img.shape
-    border = np.concatenate([img[:2].reshape(-1, 3), img[-2:].reshape(-1, 3), img[:, :2].reshape(-1, 3),
-                             img[:, -2:].reshape(-1, 3)])
+    # the background is read from a ring 2–3 px inside the edge: decoders often draw a thin light frame on the
+    # outermost pixels (zero padding), and taking its colour as the background would make everything foreground
+    b0, b1 = (2, 4) if min(h, w) >= 16 else (0, 2)
+    border = np.concatenate([img[b0:b1].reshape(-1, 3), img[h - b1:h - b0].reshape(-1, 3),
+                             img[:, b0:b1].reshape(-1, 3), img[:, w - b1:w - b0].reshape(-1, 3)])
     dist_b = np.linalg.norm(border[:, None] - _PALETTE[None], axis=2)  # (N, C)
     labels = np.argmin(dist_b, 1)
     bg_idx = int(np.bincount(labels, minlength=len(_NAMES)).argmax())
@@ -133,6 +136,8 @@ def analyse(image: np.ndarray | Image.Image, *, max_shapes: int = 4) -> Analysis
         blob = comp == i
         inner = cv2.erode(blob.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
         fg_rgb = np.median(img[inner if inner.sum() >= 4 else blob], axis=0)
+        if nearest_colour(fg_rgb) == _NAMES[bg_idx]:
+            continue  # a lighter or darker patch of the background itself, not a shape (shapes never share its colour)
         # refine the edge: a pixel belongs to the shape when it is nearer the shape's colour than the background's
         region = cv2.dilate(blob.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
         refined = region & (np.linalg.norm(img - fg_rgb, axis=2) < dist_bg)
