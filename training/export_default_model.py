@@ -1,7 +1,7 @@
 """Write a trained default model as one .safetensors file in the SD1.x LDM/A1111 layout (configs in the metadata).
 
-  .venv/bin/python training/export_default_model.py --work /work/dr-train/run2 --step step_03000 \
-      --out src/darkroom/default_model/darkroom-shapes-v1.safetensors
+  .venv/bin/python training/export_default_model.py --work /tmp/dr-train --step phase2_step_01500 \
+      --out src/darkroom/default_model/darkroom-shapes-v2.safetensors
 
 The file goes through darkroom's own writer (`darkroom.models.convert.save_single_file`), which stores under the
 `darkroom.config` metadata key every config field that the key shapes and the SD1.5 template would not reproduce,

@@ -11,7 +11,7 @@ Run from the repository root:
   HF_HUB_OFFLINE=1 .venv/bin/python training/train_default_model.py --work /tmp/dr-train
   HF_HUB_OFFLINE=1 .venv/bin/python training/train_default_model.py --work /tmp/dr-train --stages unet \
       --resume /tmp/dr-train/step_02500 --seed 1 --lr 5e-4 --tag phase2
-(the shipped model is phase2_step_02000; see docs/default-model.md)
+(see docs/default-model.md for the exact commands of the shipped model)
 """
 
 from __future__ import annotations
