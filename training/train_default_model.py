@@ -10,7 +10,7 @@ Stages (all CPU, reproducible from --seed):
 Run from the repository root:
   HF_HUB_OFFLINE=1 .venv/bin/python training/train_default_model.py --work /tmp/dr-train
   HF_HUB_OFFLINE=1 .venv/bin/python training/train_default_model.py --work /tmp/dr-train --stages unet \
-      --resume /tmp/dr-train/step_02500 --seed 1 --lr 5e-4 --tag phase2
+      --resume /tmp/dr-train/step_05000 --seed 1 --lr 5e-4 --steps 2000 --tag phase2
 (see docs/default-model.md for the exact commands of the shipped model)
 """
 
