@@ -140,6 +140,8 @@ RUNNERS: dict[str, str] = {
     "lineart_coarse": ".annotator_lineart",
     "depth_anything": ".annotator_depth",
     "depth_anything_v2": ".annotator_depth",
+    "depth": ".annotator_midas",
+    "normal_map": ".annotator_midas",
 }
 
 
