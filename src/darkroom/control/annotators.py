@@ -133,6 +133,7 @@ def require_annotator(preprocessor: str, folders: Iterable[Path], home: Path) ->
 RUNNERS: dict[str, str] = {
     "openpose": ".annotator_openpose",
     "openpose_hand": ".annotator_openpose",
+    "dw_openpose_full": ".annotator_dwpose",
     "hed": ".annotator_hed",
     "hed_safe": ".annotator_hed",
     "scribble_hed": ".annotator_hed",
