@@ -160,7 +160,7 @@ def detect_people(detector: OnnxNetwork, rgb: np.ndarray) -> np.ndarray | None:
 
 def box_center_scale(box: np.ndarray, aspect: float = POSE_SIZE[0] / POSE_SIZE[1],
                      padding: float = BOX_PADDING) -> tuple[np.ndarray, np.ndarray]:
-    """xyxy box → centre (x, y) and crop size (w, h): grown by `padding`, then widened or heightened to w/h = aspect."""
+    """xyxy box → centre (x, y) and crop size (w, h): grown by `padding`, then extended to w/h = `aspect`."""
     x1, y1, x2, y2 = (float(v) for v in box)
     center = np.array([x1 + x2, y1 + y2]) * 0.5
     w, h = (x2 - x1) * padding, (y2 - y1) * padding
