@@ -279,11 +279,13 @@ _ANNOTATOR_TAGS = {"depth": "Depth", "normal": "NormalMap", "openpose": "OpenPos
                    "pidinet": "SoftEdge", "lineart": "Lineart", "mlsd": "MLSD", "segmentation": "Segmentation",
                    "oneformer": "Segmentation"}
 
+#: Annotators with more sliders than the resolution (A1111's values).
+_ANNOTATOR_SLIDERS = {"normal_map": (_RES_SLIDER, _slider("Normal Background Threshold", 0.4, 0, 1, 0.01))}
 PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in _BUILTIN}
 for _name in ANNOTATORS:
     _tag = next((t for k, t in _ANNOTATOR_TAGS.items() if k in _name), "All")
-    PREPROCESSORS[_name] = Preprocessor(_name, None, _ANNOTATOR_ALIASES.get(_name), sliders=(_RES_SLIDER,),
-                                        tags=(_tag,))
+    PREPROCESSORS[_name] = Preprocessor(_name, None, _ANNOTATOR_ALIASES.get(_name),
+                                        sliders=_ANNOTATOR_SLIDERS.get(_name, (_RES_SLIDER,)), tags=(_tag,))
 _BY_ALIAS = {p.alias: p for p in PREPROCESSORS.values() if p.alias}
 
 
