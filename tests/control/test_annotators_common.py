@@ -15,7 +15,7 @@ from darkroom.control.preprocess import get_preprocessor
 
 def test_implemented_networks_are_known_preprocessors_with_their_files():
     assert set(an.RUNNERS) == {"openpose", "openpose_hand", "dw_openpose_full", "hed", "hed_safe", "scribble_hed", "lineart",
-                               "lineart_coarse", "depth_anything", "depth_anything_v2"}
+                               "lineart_coarse", "depth_anything", "depth_anything_v2", "depth", "normal_map"}
     for name in an.RUNNERS:
         assert name in an.ANNOTATORS and get_preprocessor(name).run is None  # still "needs weights"
 

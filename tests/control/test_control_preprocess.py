@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from darkroom.control.annotators import AnnotatorMissingError, AnnotatorUnavailableError
+from darkroom.control.annotators import AnnotatorFileError, AnnotatorMissingError
 from darkroom.control.openpose import BODY_COLORS, PoseFormatError, render_pose
 from darkroom.control.preprocess import (PreprocessorError, fit_to_size, get_preprocessor, pixel_perfect_resolution,
                                          prepare_hint, preprocess, preprocessor_names, resize_mode)
@@ -166,8 +166,8 @@ def test_weights_needing_preprocessor_names_the_file_and_where(tmp_path):
         (home / "nested" / "body_pose_model.pth").write_bytes(b"x")
         preprocess("openpose_hand", square(), annotator_dirs=[home], annotator_home=home)  # body found, hand not
     (home / "dpt_hybrid-midas-501f0c75.pt").write_bytes(b"x")
-    with pytest.raises(AnnotatorUnavailableError, match="found .*dpt_hybrid-midas-501f0c75.pt"):
-        preprocess("depth", square(), annotator_dirs=[home], annotator_home=home)
+    with pytest.raises(AnnotatorFileError, match="cannot read annotator weights .*dpt_hybrid-midas-501f0c75.pt"):
+        preprocess("depth", square(), annotator_dirs=[home], annotator_home=home)  # found, and not a weights file
 
 
 # -- OpenPose JSON -------------------------------------------------------------------------------------------------
