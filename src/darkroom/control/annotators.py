@@ -8,7 +8,8 @@ preprocessor raises `AnnotatorMissingError` saying exactly which file to put whe
 With the files present, the networks darkroom implements run (`RUNNERS`: OpenPose body and hands, HED, line art,
 Depth Anything V1/V2, MiDaS DPT-Hybrid depth and normals, each in its own `annotator_*` module, in plain PyTorch or
 transformers; DWPose's ONNX files with onnxruntime); the others raise `AnnotatorUnavailableError`. Both messages
-suggest the built-in preprocessors, or sending an already processed control image with preprocessor "none". Loaded networks stay in a small LRU cache (one entry per file and device).
+suggest the built-in preprocessors, or sending an already processed control image with preprocessor "none". Loaded
+networks stay in a small LRU cache (one entry per file and device).
 """
 
 from __future__ import annotations
