@@ -39,8 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "training"))
 
-from train_default_model import TRAIN_STEPS, alphas_cumprod, build_data, latent_foreground, log, lr_at  # noqa: E402
-from train_default_model import tokenize  # noqa: E402
+from train_default_model import TRAIN_STEPS, alphas_cumprod, build_data, eps_loss, latent_foreground  # noqa: E402
+from train_default_model import log, lr_at, tokenize  # noqa: E402
 
 from darkroom.shapes.dataset import IMAGE_SIZE, POSITIONS, SceneLabel, caption_for  # noqa: E402
 
@@ -170,18 +170,6 @@ def check_export(cn, path: Path) -> float:
 
 
 # --- training -------------------------------------------------------------------------------------------------
-
-
-def eps_loss(pred: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, fg: torch.Tensor,
-             args: argparse.Namespace) -> torch.Tensor:
-    """The base model's ε-loss: min-SNR-γ × min(1/ᾱ, cap) per sample, latent cells with shapes weighted up
-    (see train_default_model.train_unet for why)."""
-    acp = alphas_cumprod()
-    snr = acp / (1 - acp)
-    w = torch.clamp(snr[t], max=args.min_snr) / snr[t] * torch.clamp(1 / acp[t], max=args.high_noise_weight)
-    cells = 1.0 + args.fg_weight * fg  # (B, 1, 8, 8)
-    per_sample = ((pred - eps).pow(2) * cells).sum(dim=(1, 2, 3)) / (cells.sum(dim=(1, 2, 3)) * pred.shape[1])
-    return (w * per_sample).mean()
 
 
 def train(args: argparse.Namespace) -> None:

@@ -265,6 +265,22 @@ def latent_foreground(images: torch.Tensor, labels: list) -> torch.Tensor:
     return F.avg_pool2d(fg, 8)
 
 
+def eps_loss(pred: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, fg: torch.Tensor,
+             args: argparse.Namespace) -> torch.Tensor:
+    """Weighted ε-loss: min-SNR-γ × min(1/ᾱ, cap) per sample, latent cells covered by shapes weighted up.
+
+    The shapes are a small part of each latent (a flat background is easy): weighing their cells up (1 + fg_weight ×
+    coverage, fg (B, 1, 8, 8)) keeps what tells a circle from a square — the cells on the outline — from being
+    drowned by the background's error.
+    """
+    acp = alphas_cumprod()
+    snr = acp / (1 - acp)
+    w = torch.clamp(snr[t], max=args.min_snr) / snr[t] * torch.clamp(1 / acp[t], max=args.high_noise_weight)
+    cells = 1.0 + args.fg_weight * fg  # (B, 1, 8, 8)
+    per_sample = ((pred - eps).pow(2) * cells).sum(dim=(1, 2, 3)) / (cells.sum(dim=(1, 2, 3)) * pred.shape[1])
+    return (w * per_sample).mean()
+
+
 def train_unet(args: argparse.Namespace, captions: list[list[str]], fg: torch.Tensor, work: Path, logf: Path) -> None:
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -290,7 +306,6 @@ def train_unet(args: argparse.Namespace, captions: list[list[str]], fg: torch.Te
     params = [*unet.parameters(), *te.parameters()]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99), fused=True)
     acp = alphas_cumprod()
-    snr = acp / (1 - acp)
     g = torch.Generator().manual_seed(args.seed + 3)
     log(
         f"unet: {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M params, text encoder "
@@ -323,12 +338,7 @@ def train_unet(args: argparse.Namespace, captions: list[list[str]], fg: torch.Te
         # makes errors in the predicted image count at high noise too. With 8×8 latents the mean of the starting
         # noise is large next to the data, and plain ε-loss hardly penalises keeping it: pictures would then take
         # their background colour from the seed instead of the prompt.
-        w = torch.clamp(snr[t], max=args.min_snr) / snr[t] * torch.clamp(1 / acp[t], max=args.high_noise_weight)
-        # the shapes are a small part of each latent (a flat background is easy): weigh their cells up, so that
-        # what tells a circle from a square (the cells on the outline) is not drowned by the background's error
-        cell_w = 1.0 + args.fg_weight * fg[idx]  # (B, 1, 8, 8)
-        per_sample = ((pred - eps).pow(2) * cell_w).sum(dim=(1, 2, 3)) / (cell_w.sum(dim=(1, 2, 3)) * pred.shape[1])
-        loss = (w * per_sample).mean()
+        loss = eps_loss(pred, eps, t, fg[idx], args)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
