@@ -59,7 +59,7 @@ def tile_count(height: int, width: int, tile: int = DEFAULT_TILE, overlap: int =
     return len(tile_spans(height, tile, overlap, multiple)) * len(tile_spans(width, tile, overlap, multiple))
 
 
-def _axis_weights(spans: list[tuple[int, int]], index: int, scale: int) -> torch.Tensor:
+def axis_weights(spans: list[tuple[int, int]], index: int, scale: int) -> torch.Tensor:
     """The blend weights (length·scale,) of tile `index` along one axis (see the module docstring)."""
     start, length = spans[index]
     q = (torch.arange(length * scale, dtype=torch.float64) + 0.5) / scale + start  # input-pixel coordinate
@@ -86,8 +86,8 @@ def _tiled(model: UpscaleModel, pixels: torch.Tensor, tile: int, overlap: int,
     mult = max(1, int(getattr(model, "size_multiple", 1)))
     ys, xs = tile_spans(H, tile, overlap, mult), tile_spans(W, tile, overlap, mult)
     out = torch.zeros(B, model.output_channels, H * s, W * s)  # (B, C, H·s, W·s) on the CPU
-    wy = [_axis_weights(ys, i, s) for i in range(len(ys))]
-    wx = [_axis_weights(xs, j, s) for j in range(len(xs))]
+    wy = [axis_weights(ys, i, s) for i in range(len(ys))]
+    wx = [axis_weights(xs, j, s) for j in range(len(xs))]
     for b in range(B):
         if len(ys) == len(xs) == 1:
             out[b : b + 1] = run(pixels[b : b + 1])

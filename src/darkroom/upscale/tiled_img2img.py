@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from .tiled import _axis_weights, tile_spans
+from .tiled import axis_weights, tile_spans
 
 #: Tile orders: "linear" (row by row) and "chess" (checkerboard: (row + column) even first).
 ORDERS = ("linear", "chess")
@@ -56,7 +56,7 @@ TileSampler = Callable[[torch.Tensor, int, TileBox, tuple[int, int]], torch.Tens
 def _axis(size: int, tile: int, overlap: int) -> tuple[tuple[tuple[int, int], ...], tuple[torch.Tensor, ...]]:
     """Spans (start, length) along one axis and their blend weights, normalised to sum to one at every pixel."""
     spans = tile_spans(size, tile, overlap, ALIGN)
-    weights = [_axis_weights(spans, i, 1) for i in range(len(spans))]
+    weights = [axis_weights(spans, i, 1) for i in range(len(spans))]
     total = torch.zeros(size)
     for (start, length), w in zip(spans, weights):
         total[start : start + length] += w
