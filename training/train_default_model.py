@@ -304,20 +304,35 @@ def train_unet(args: argparse.Namespace, captions: list[list[str]], fg: torch.Te
     for p in [*ema_unet.parameters(), *ema_te.parameters()]:
         p.requires_grad_(False)
     params = [*unet.parameters(), *te.parameters()]
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99), fused=True)
     acp = alphas_cumprod()
     g = torch.Generator().manual_seed(args.seed + 3)
+    # warm restarts (SGDR, Loshchilov & Hutter 2017): each cycle starts from the EMA weights with a fresh optimizer, a
+    # new warm-up and cosine decay; positions and shape kinds were learned right after restarts, not in one long decay
+    cycles = [int(c) for c in args.cycles.split(",")] if args.cycles else [args.steps]
+    starts = [sum(cycles[:i]) for i in range(len(cycles))]
+    total = sum(cycles)
     log(
         f"unet: {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M params, text encoder "
-        f"{sum(p.numel() for p in te.parameters()) / 1e6:.2f}M, {n} images × {k} captions, {args.steps} steps "
-        f"of {args.batch}",
+        f"{sum(p.numel() for p in te.parameters()) / 1e6:.2f}M, {n} images × {k} captions, {total} steps "
+        f"of {args.batch} in cycles {cycles}",
         logf,
     )
     t0 = time.time()
     ema_loss = None
-    for step in range(args.steps):
+    opt = None
+    cycle = -1
+    for step in range(total):
+        if step in starts:
+            cycle = starts.index(step)
+            if cycle > 0:
+                unet.load_state_dict(ema_unet.state_dict())
+                te.load_state_dict(ema_te.state_dict())
+                log(f"unet: warm restart {cycle} at step {step} from the EMA weights", logf)
+            opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99), fused=True)
+            peak = args.lr if cycle == 0 else args.restart_lr
+        local = step - starts[cycle]
         for pg in opt.param_groups:
-            pg["lr"] = lr_at(step, args.steps, args.lr, warmup=200)
+            pg["lr"] = lr_at(local, cycles[cycle], peak, warmup=min(200, cycles[cycle] // 5))
         idx = torch.randint(0, n, (args.batch,), generator=g)
         which = torch.randint(0, k, (args.batch,), generator=g)
         tokens = ids[idx, which].clone()  # (B, 77)
@@ -343,15 +358,15 @@ def train_unet(args: argparse.Namespace, captions: list[list[str]], fg: torch.Te
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        decay = min(args.ema, (1 + step) / (10 + step))
+        decay = min(args.ema, (1 + local) / (10 + local))
         with torch.no_grad():
             for src, dst in ((unet, ema_unet), (te, ema_te)):
                 for ps, pd in zip(src.parameters(), dst.parameters()):
                     pd.lerp_(ps, 1 - decay)
         ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
-        if step % 50 == 0 or step == args.steps - 1:
+        if step % 50 == 0 or step == total - 1:
             log(f"unet step {step} loss {ema_loss:.4f} lr {opt.param_groups[0]['lr']:.2e} ({time.time() - t0:.0f}s)", logf)
-        if (step + 1) % args.save_every == 0 or step == args.steps - 1:
+        if (step + 1) % args.save_every == 0 or step == total - 1:
             out = work / f"{args.tag + '_' if args.tag else ''}step_{step + 1:05d}"
             ema_unet.save_pretrained(out / "unet")
             ema_te.save_pretrained(out / "text_encoder")
@@ -382,6 +397,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=5000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--cycles", default="", help="UNet steps per warm-restart cycle, e.g. 1500,1000,1000 (overrides --steps)")
+    ap.add_argument("--restart-lr", type=float, default=5e-4, help="peak learning rate of the cycles after the first")
     ap.add_argument("--high-t-from", type=int, default=400, help="half of each batch draws t from [this, 1000)")
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--min-snr", type=float, default=5.0)
