@@ -157,3 +157,37 @@ def test_unit_round_trips_through_json(picture):
         "Module: canny, Model: m [abcdef12], Weight: 0.4, Resize Mode: Crop and Resize, Processor Res: 512, "
         "Threshold A: 100, Threshold B: 200, Guidance Start: 0, Guidance End: 1, Pixel Perfect: False, "
         "Control Mode: ControlNet is more important, Hr Option: High res only")
+
+
+def test_control_models_are_reused_across_requests_until_their_file_changes(control_studio, picture, monkeypatch):
+    import os
+
+    import darkroom.control.loader as loader
+
+    loads: list[str] = []
+    real = loader.load_control_model
+
+    def counting(path, **kw):
+        loads.append(Path(path).name)
+        return real(path, **kw)
+
+    monkeypatch.setattr(loader, "load_control_model", counting)
+    engine = control_studio.engine
+    engine.unload_all()
+
+    def run(model: str) -> np.ndarray:
+        unit = ControlNetUnit(image=picture, model=model, module="none")
+        params = GenerationParams(prompt="a square", width=64, height=64, steps=2, seed=3, controlnets=[unit])
+        return np.asarray(engine.generate(params).images[0])
+
+    first = run("control_sd15_tiny")
+    np.testing.assert_array_equal(run("control_sd15_tiny"), first)  # same model object, same pixels
+    assert loads == ["control_sd15_tiny.safetensors"]
+    run("diff_control_sd15_tiny")
+    run("diff_control_sd15_tiny")  # diff ControlNets are built from the UNet as it is now: every time
+    assert loads[1:] == ["diff_control_sd15_tiny.safetensors"] * 2
+    path = engine.registry.find("controlnet", "control_sd15_tiny.safetensors")
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a replaced file is read again
+    run("control_sd15_tiny")
+    assert loads[3:] == ["control_sd15_tiny.safetensors"]

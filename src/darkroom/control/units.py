@@ -360,7 +360,7 @@ def attach_units(engine: Any, ckpt: Any, units: list[ControlNetUnit], positive: 
     from PIL import Image
 
     from .apply import AppliedControl, map_conditioning
-    from .loader import load_control_model
+    from .loader import describe_control_file, load_control_model
     from .preprocess import prepare_hint
 
     settings = engine.settings
@@ -374,8 +374,13 @@ def attach_units(engine: Any, ckpt: Any, units: list[ControlNetUnit], positive: 
         from .names import find_control_model
 
         path = engine.registry.find("controlnet", find_control_model(engine.registry, unit.model))
-        model = load_control_model(path, dtype=engine.dtype, device=engine.device, base_unet=ckpt.unet,
-                                   allow_unsafe_pickle=settings.allow_unsafe_pickle)
+        def build(path: Path = path) -> Any:
+            return load_control_model(path, dtype=engine.dtype, device=engine.device, base_unet=ckpt.unet,
+                                      allow_unsafe_pickle=settings.allow_unsafe_pickle)
+
+        # a diff ControlNet is made from the checkpoint's UNet as it is now (LoRAs included): never reused
+        diff = describe_control_file(path, allow_unsafe_pickle=settings.allow_unsafe_pickle).diff
+        model = build() if diff else engine.aux_model("controlnet", path, build)
         with Image.open(unit.image) as im:
             image = torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0)[None]
         masks = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import re
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -73,6 +74,7 @@ class Engine:
         self._loaded: dict[tuple, Checkpoint] = {}
         self._patchers: dict[int, Any] = {}
         self._embeddings = None
+        self._aux: OrderedDict[tuple, Any] = OrderedDict()
         self._lock = threading.RLock()
 
     # -- models -----------------------------------------------------------------------------------------
@@ -112,7 +114,25 @@ class Engine:
                 patcher.restore()
             self._patchers.clear()
             self._loaded.clear()
+            self._aux.clear()
             self._upscaler = None
+
+    def aux_model(self, kind: str, path: Path, build: Callable[[], Any], max_items: int = 4) -> Any:
+        """A model beside the checkpoint (ControlNet, CLIP vision encoder, IP-Adapter) loaded by `build()` on the
+        engine's device and dtype, reused while its file is unchanged; the `max_items` most recently used are kept.
+
+        Only for models that runs do not change (LoRA patches act on the checkpoint, not on these).
+        """
+        st = Path(path).stat()
+        key = (kind, str(Path(path).resolve()), st.st_size, st.st_mtime_ns, str(self.device), self.dtype)
+        with self._lock:
+            model = self._aux.pop(key, None)
+            if model is None:
+                model = build()
+            self._aux[key] = model
+            while len(self._aux) > max_items:
+                self._aux.popitem(last=False)
+            return model
 
     def native_size(self, name: str | None) -> tuple[int, int]:
         """The model's training resolution (width, height): 512 for SD1.x, 768 for SD2-v, 1024 for SDXL …"""

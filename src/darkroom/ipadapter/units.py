@@ -324,10 +324,12 @@ def reference_uses(engine: Any, ckpt: Any, units: list[ControlNetUnit]) -> list[
             raise ControlUnitError(f"IP-Adapter unit {i} has no image", "image")
         if unit.clip_vision not in visions:
             path = engine.registry.find("clip_vision", unit.clip_vision)
-            visions[unit.clip_vision] = load_clip_vision(path, device=engine.device, dtype=engine.dtype)
+            visions[unit.clip_vision] = engine.aux_model(
+                "clip_vision", path, lambda p=path: load_clip_vision(p, device=engine.device, dtype=engine.dtype))
         if unit.model not in adapters:
             path = ipadapter_files(engine.registry)[unit.model]
-            adapters[unit.model] = load_ipadapter(path, device=engine.device, dtype=engine.dtype)
+            adapters[unit.model] = engine.aux_model(
+                "ipadapter", path, lambda p=path: load_ipadapter(p, device=engine.device, dtype=engine.dtype))
         try:
             check_fits(adapters[unit.model], ckpt.unet)
         except ValueError as ex:
