@@ -15,15 +15,18 @@ from darkroom.control.preprocess import get_preprocessor
 
 def test_implemented_networks_are_known_preprocessors_with_their_files():
     assert set(an.RUNNERS) == {"openpose", "openpose_hand", "dw_openpose_full", "hed", "hed_safe", "scribble_hed", "lineart",
-                               "lineart_coarse", "depth_anything", "depth_anything_v2", "depth", "normal_map"}
+                               "lineart_coarse", "depth_anything", "depth_anything_v2", "depth", "normal_map",
+                               "normal_bae", "pidinet", "pidinet_safe", "pidinet_sketch", "pidinet_scribble", "mlsd",
+                               "lineart_anime", "lineart_anime_denoise", "segmentation"}
     for name in an.RUNNERS:
         assert name in an.ANNOTATORS and get_preprocessor(name).run is None  # still "needs weights"
 
 
 def test_a_network_darkroom_does_not_run_says_so(tmp_path):
-    (tmp_path / "table5_pidinet.pth").write_bytes(b"x")
-    with pytest.raises(an.AnnotatorUnavailableError, match="found .*table5_pidinet.pth.*cannot run the PiDiNet"):
-        an.run_annotator("pidinet", [tmp_path], tmp_path, np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "250_16_swin_l_oneformer_ade20k_160k.pth").write_bytes(b"x")
+    with pytest.raises(an.AnnotatorUnavailableError,
+                       match="found .*250_16_swin_l_oneformer_ade20k_160k.pth.*cannot run the OneFormer"):
+        an.run_annotator("oneformer_ade20k", [tmp_path], tmp_path, np.zeros((8, 8, 3), np.uint8))
 
 
 def test_a_missing_file_is_named_with_where_it_goes(tmp_path):

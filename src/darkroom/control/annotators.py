@@ -5,9 +5,10 @@ and comfyui_controlnet_aux use (from huggingface.co/lllyasviel/Annotators unless
 every `annotators` model folder (`Settings.model_dirs("annotators")`, sub-folders included). Without them the
 preprocessor raises `AnnotatorMissingError` saying exactly which file to put where.
 
-With the files present, the networks darkroom implements run (`RUNNERS`: OpenPose body and hands, HED, line art,
-Depth Anything V1/V2, MiDaS DPT-Hybrid depth and normals, each in its own `annotator_*` module, in plain PyTorch or
-transformers; DWPose's ONNX files with onnxruntime); the others raise `AnnotatorUnavailableError`. Both messages
+With the files present, the networks darkroom implements run (`RUNNERS`: OpenPose body and hands, HED, PiDiNet, line
+art (realistic, coarse, anime, manga), M-LSD, Depth Anything V1/V2, MiDaS DPT-Hybrid depth and normals, NormalBAE
+normals, UniFormer segmentation, each in its own `annotator_*` module, in plain PyTorch or transformers; DWPose's ONNX
+files with onnxruntime); the others raise `AnnotatorUnavailableError`. Both messages
 suggest the built-in preprocessors, or sending an already processed control image with preprocessor "none". Loaded
 networks stay in a small LRU cache (one entry per file and device).
 """
@@ -144,6 +145,15 @@ RUNNERS: dict[str, str] = {
     "depth_anything_v2": ".annotator_depth",
     "depth": ".annotator_midas",
     "normal_map": ".annotator_midas",
+    "normal_bae": ".annotator_normalbae",
+    "pidinet": ".annotator_pidinet",
+    "pidinet_safe": ".annotator_pidinet",
+    "pidinet_sketch": ".annotator_pidinet",
+    "pidinet_scribble": ".annotator_pidinet",
+    "mlsd": ".annotator_mlsd",
+    "lineart_anime": ".annotator_lineart_anime",
+    "lineart_anime_denoise": ".annotator_lineart_anime",
+    "segmentation": ".annotator_segmentation",
 }
 
 

@@ -280,7 +280,9 @@ _ANNOTATOR_TAGS = {"depth": "Depth", "normal": "NormalMap", "openpose": "OpenPos
                    "oneformer": "Segmentation"}
 
 #: Annotators with more sliders than the resolution (A1111's values).
-_ANNOTATOR_SLIDERS = {"normal_map": (_RES_SLIDER, _slider("Normal Background Threshold", 0.4, 0, 1, 0.01))}
+_ANNOTATOR_SLIDERS = {"normal_map": (_RES_SLIDER, _slider("Normal Background Threshold", 0.4, 0, 1, 0.01)),
+                      "mlsd": (_RES_SLIDER, _slider("MLSD Value Threshold", 0.1, 0.01, 2.0, 0.01),
+                               _slider("MLSD Distance Threshold", 0.1, 0.01, 20.0, 0.01))}
 PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in _BUILTIN}
 for _name in ANNOTATORS:
     _tag = next((t for k, t in _ANNOTATOR_TAGS.items() if k in _name), "All")
