@@ -105,13 +105,19 @@ def checkpoint_key(module_key: str) -> str:
     return module_key.split(".", 1)[1]
 
 
+def load_caffe_named(net: nn.Module, path: Path, network: str) -> Any:
+    """Fill a meta-device network from a file keyed by caffe layer names (AnnotatorFileError naming `network` when
+    the file is another network's)."""
+    ours = {checkpoint_key(k): k for k in net.state_dict()}
+    sd = {ours.get(k, k): v for k, v in read_weights(path).items()}
+    return load_exact(net, sd, path, network, assign=True)
+
+
 def load_body_model(path: Path) -> BodyPoseNet:
     """body_pose_model.pth → BodyPoseNet (AnnotatorFileError when the file is another network)."""
     with torch.device("meta"):  # no random initialisation: every tensor comes from the file
         net = BodyPoseNet()
-    ours = {checkpoint_key(k): k for k in net.state_dict()}
-    sd = {ours.get(k, k): v for k, v in read_weights(path).items()}
-    return load_exact(net, sd, path, "OpenPose body (body_pose_model.pth)", assign=True)
+    return load_caffe_named(net, path, "OpenPose body (body_pose_model.pth)")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -272,39 +278,53 @@ def pose_json(candidates: np.ndarray, people: np.ndarray, width: int, height: in
 
 
 def detect_pose_json(net: BodyPoseNet, rgb: np.ndarray, *, scales: Sequence[float] | None = None,
-                     boxsize: int | None = None, hand_net: Any = None) -> dict[str, Any]:
+                     boxsize: int | None = None, hand_net: Any = None, face_net: Any = None) -> dict[str, Any]:
     """An RGB uint8 image → the people in it as OpenPose JSON (canvas = the image); with `hand_net` (a
-    HandPoseNet) their hands too."""
+    HandPoseNet) their hands too, with `face_net` (a FacePoseNet) their faces."""
     h, w = rgb.shape[:2]
     bgr = np.ascontiguousarray(rgb[:, :, ::-1])
     heat, pafs = body_maps(net, bgr, scales=scales, boxsize=boxsize)
     peaks = find_peaks(heat)
     candidates, people = assemble_people(peaks, connect_limbs(peaks, pafs, h))
     pose = pose_json(candidates, people, w, h)
+    bodies = [[None if i < 0 else (float(candidates[i, 0]), float(candidates[i, 1]))
+               for i in row[:N_PARTS].astype(int)] for row in people]
     if hand_net is not None:
         from .annotator_openpose_hand import add_hands
 
-        bodies = [[None if i < 0 else (float(candidates[i, 0]), float(candidates[i, 1]))
-                   for i in row[:N_PARTS].astype(int)] for row in people]
         add_hands(pose, hand_net, bgr, bodies)
+    if face_net is not None:
+        from .annotator_openpose_face import add_faces
+
+        add_faces(pose, face_net, bgr, bodies)
     return pose
 
 
 def run(preprocessor: str, image: np.ndarray, resolution: int, files: list[Path], device: Any,
         **_: Any) -> np.ndarray:
-    """`openpose` / `openpose_hand`: the stick figure (and hands) on black, (H, W, 3) uint8 at the processor
-    resolution."""
+    """`openpose` / `openpose_hand` / `openpose_face` / `openpose_faceonly` / `openpose_full`: the stick figure
+    (with hands, face; or the faces alone) on black, (H, W, 3) uint8 at the processor resolution. `files`: the body
+    file, then the hand file when hands are drawn, then the face file when faces are."""
     from .openpose import render_pose
     from .preprocess import resize_short_side
 
     img = resize_short_side(image, resolution)
     padded, unpad = pad_to_multiple(img, 64)  # the extension detects on the 64-padded picture, then crops
     net = NETWORKS.get(files[0], device, load_body_model)
-    hands = preprocessor == "openpose_hand"
-    hand_net = None
+    hands = preprocessor in ("openpose_hand", "openpose_full")
+    face = preprocessor in ("openpose_face", "openpose_faceonly", "openpose_full")
+    hand_net = face_net = None
     if hands:
         from .annotator_openpose_hand import load_hand_model
 
         hand_net = NETWORKS.get(files[1], device, load_hand_model)
-    pose = detect_pose_json(net, padded, hand_net=hand_net)
-    return unpad(render_pose(pose, hands=hands, face=False))
+    if face:
+        from .annotator_openpose_face import load_face_model
+
+        face_net = NETWORKS.get(files[-1], device, load_face_model)
+    pose = detect_pose_json(net, padded, hand_net=hand_net, face_net=face_net)
+    if preprocessor == "openpose_faceonly":
+        from .annotator_openpose_face import without_bodies
+
+        pose = without_bodies(pose)
+    return unpad(render_pose(pose, hands=hands, face=face))
