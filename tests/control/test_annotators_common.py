@@ -14,7 +14,8 @@ from darkroom.control.preprocess import get_preprocessor
 
 
 def test_implemented_networks_are_known_preprocessors_with_their_files():
-    assert set(an.RUNNERS) == {"openpose", "openpose_hand", "dw_openpose_full", "hed", "hed_safe", "scribble_hed", "lineart",
+    assert set(an.RUNNERS) == {"openpose", "openpose_hand", "openpose_face", "openpose_faceonly",
+                               "openpose_full", "dw_openpose_full", "hed", "hed_safe", "scribble_hed", "lineart",
                                "lineart_coarse", "depth_anything", "depth_anything_v2", "depth", "normal_map",
                                "normal_bae", "pidinet", "pidinet_safe", "pidinet_sketch", "pidinet_scribble", "mlsd",
                                "lineart_anime", "lineart_anime_denoise", "segmentation"}

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .annotator_openpose import conv_stack, load_caffe_named, resize_maps
-from .annotator_openpose_hand import _VGG as VGG_FRONT
+from .annotator_openpose_hand import VGG_FRONT
 from .annotator_openpose_hand import flat_points
 
 FACE_INPUT = 384  # the side the crop is resized to

@@ -22,8 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .annotator_openpose import PAD_VALUE, STRIDE, checkpoint_key, conv_stack, resize_maps
-from .annotators import load_exact, read_weights
+from .annotator_openpose import PAD_VALUE, STRIDE, conv_stack, load_caffe_named, resize_maps
 
 HAND_SCALES = (0.5, 1.0, 1.5, 2.0)
 HAND_BOXSIZE = 368
@@ -31,7 +30,8 @@ HAND_THRESHOLD = 0.05
 HEATMAP_SIZE = 128
 N_JOINTS = 21
 
-_VGG = (
+#: The VGG-19 front end of the hand and face networks (caffe layer name, in, out, kernel; pools by name).
+VGG_FRONT = (
     ("conv1_1", 3, 64, 3), ("conv1_2", 64, 64, 3), "pool1_stage1",
     ("conv2_1", 64, 128, 3), ("conv2_2", 128, 128, 3), "pool2_stage1",
     ("conv3_1", 128, 256, 3), ("conv3_2", 256, 256, 3), ("conv3_3", 256, 256, 3), ("conv3_4", 256, 256, 3),
@@ -47,7 +47,7 @@ class HandPoseNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         no_relu = {"conv6_2_CPM"} | {f"Mconv7_stage{t}" for t in range(2, 7)}
-        self.model1_0 = conv_stack(_VGG, no_relu)
+        self.model1_0 = conv_stack(VGG_FRONT, no_relu)
         self.model1_1 = conv_stack((("conv6_1_CPM", 128, 512, 1), ("conv6_2_CPM", 512, 22, 1)), no_relu)
         for t in range(2, 7):
             layers = ((f"Mconv1_stage{t}", 128 + 22, 128, 7),
@@ -67,9 +67,7 @@ def load_hand_model(path: Path) -> HandPoseNet:
     """hand_pose_model.pth → HandPoseNet (AnnotatorFileError when the file is another network)."""
     with torch.device("meta"):
         net = HandPoseNet()
-    ours = {checkpoint_key(k): k for k in net.state_dict()}
-    sd = {ours.get(k, k): v for k, v in read_weights(path).items()}
-    return load_exact(net, sd, path, "OpenPose hand (hand_pose_model.pth)", assign=True)
+    return load_caffe_named(net, path, "OpenPose hand (hand_pose_model.pth)")
 
 
 Point = tuple[float, float]

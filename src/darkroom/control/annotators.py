@@ -5,7 +5,7 @@ and comfyui_controlnet_aux use (from huggingface.co/lllyasviel/Annotators unless
 every `annotators` model folder (`Settings.model_dirs("annotators")`, sub-folders included). Without them the
 preprocessor raises `AnnotatorMissingError` saying exactly which file to put where.
 
-With the files present, the networks darkroom implements run (`RUNNERS`: OpenPose body and hands, HED, PiDiNet, line
+With the files present, the networks darkroom implements run (`RUNNERS`: OpenPose body, hands and face, HED, PiDiNet, line
 art (realistic, coarse, anime, manga), M-LSD, Depth Anything V1/V2, MiDaS DPT-Hybrid depth and normals, NormalBAE
 normals, UniFormer segmentation, each in its own `annotator_*` module, in plain PyTorch or transformers; DWPose's ONNX
 files with onnxruntime); the others raise `AnnotatorUnavailableError`. Both messages
@@ -135,6 +135,9 @@ def require_annotator(preprocessor: str, folders: Iterable[Path], home: Path) ->
 RUNNERS: dict[str, str] = {
     "openpose": ".annotator_openpose",
     "openpose_hand": ".annotator_openpose",
+    "openpose_face": ".annotator_openpose",
+    "openpose_faceonly": ".annotator_openpose",
+    "openpose_full": ".annotator_openpose",
     "dw_openpose_full": ".annotator_dwpose",
     "hed": ".annotator_hed",
     "hed_safe": ".annotator_hed",
