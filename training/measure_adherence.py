@@ -1,6 +1,7 @@
 """Measure the shipped default model's prompt adherence through darkroom's engine (numbers for docs/default-model.md).
 
   HF_HUB_OFFLINE=1 .venv/bin/python training/measure_adherence.py --cfg 1 3 5 7 --samplers
+  HF_HUB_OFFLINE=1 .venv/bin/python training/measure_adherence.py --checkpoint /tmp/candidate.safetensors
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=1, help="seed sets: prompt i uses 100 + i + 1000·k")
     ap.add_argument("--samplers", action="store_true", help="also try every sampler on one simple prompt")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--checkpoint", type=Path, default=None,
+                    help="measure this single-file checkpoint instead of the shipped default model")
     args = ap.parse_args()
 
     import torch
@@ -35,6 +38,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     root = Path(tempfile.mkdtemp())
+    if args.checkpoint is not None:  # an installed checkpoint is used instead of the built-in model
+        (root / "models" / "checkpoints").mkdir(parents=True)
+        (root / "models" / "checkpoints" / args.checkpoint.name).symlink_to(args.checkpoint.resolve())
     engine = Engine(load_settings(models_dir=root / "models", output_dir=root / "out", data_dir=root / "data"),
                     device="cpu", dtype="fp32")
     suites = {"mixed": prompt_suite(args.n), "large": prompt_suite(24, seed=99, sizes=("large",))}
