@@ -1,6 +1,8 @@
 """IP-Adapter weights: the image projection (plain linear, "plus" perceiver resampler, full-face MLP) and the
 per-layer key/value projections of the image tokens, from `.safetensors` files with `image_proj.*` + `ip_adapter.*`
-keys (the layout the IP-Adapter releases and ComfyUI use).
+keys (the layout the IP-Adapter releases and ComfyUI use) or, where the `allow_unsafe_pickle` setting allows, from the
+original pickled releases (h94/IP-Adapter's `.bin`, the A1111 ControlNet extension's `.pth` copies): a torch.save of
+`{"image_proj": {...}, "ip_adapter": {...}}`, read with `torch.load(weights_only=True)` and flattened to those keys.
 
 `ip_adapter.{n}.to_k_ip/to_v_ip` are numbered over the UNet's attention processors in `unet.attn_processors` order,
 self-attention included: the cross-attention layers are 1, 3, 5, …
@@ -13,6 +15,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from ..models.errors import ModelFileError, UnsafeModelFileError
+from ..models.files import SAFETENSORS_SUFFIXES, is_pickle, unsafe_pickle_error
 
 #: Head size of the plus resampler's attention in every released model.
 _RESAMPLER_HEAD_DIM = 64
@@ -176,12 +181,72 @@ def ipadapter_from_state_dict(sd: dict[str, torch.Tensor], name: str = "") -> IP
     return IPAdapterModel(kind, module, layers, name=name).eval()
 
 
-def load_ipadapter(path: Path | str, *, device: torch.device | str = "cpu",
-                   dtype: torch.dtype = torch.float32) -> IPAdapterModel:
-    """Load an IP-Adapter `.safetensors` file onto a device and dtype."""
+def _flatten(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of an unpickled IP-Adapter: the nested `{"image_proj": {...}, "ip_adapter": {...}}` as
+    `image_proj.*` / `ip_adapter.*` keys (tensors at the top level kept as they are)."""
+    if not isinstance(obj, dict):
+        raise IPAdapterFormatError(f"{path.name}: not an IP-Adapter (holds a {type(obj).__name__}, not a dict)")
+    flat: dict[str, torch.Tensor] = {}
+    for top, value in obj.items():
+        if isinstance(value, torch.Tensor):
+            flat[str(top)] = value
+        elif isinstance(value, dict):
+            flat.update({f"{top}.{k}": v for k, v in value.items() if isinstance(v, torch.Tensor)})
+    return flat
+
+
+def pickle_refusal(path: Path) -> UnsafeModelFileError:
+    """`unsafe_pickle_error` for an IP-Adapter pickle, with the conversion that keeps its nested tensors (the
+    generic one only keeps top-level tensors, and an IP-Adapter has none)."""
+    path = Path(path)
+    base = unsafe_pickle_error(path)
+    return UnsafeModelFileError(
+        f"{base}\nAn IP-Adapter {path.suffix} nests its tensors under 'image_proj' and 'ip_adapter', which the "
+        f"first command leaves out; convert it with:\n"
+        f"  python -c \"import torch, safetensors.torch as st; sd = torch.load('{path.name}', map_location='cpu', "
+        f"weights_only=True); st.save_file({{f'{{g}}.{{k}}': v.contiguous() for g, d in sd.items() "
+        f"for k, v in d.items()}}, '{path.with_suffix('.safetensors').name}')\"")
+
+
+def read_pickled_ipadapter(path: Path | str, *, allow_unsafe_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """The flat `image_proj.*` + `ip_adapter.*` tensors of a pickled IP-Adapter (`.bin`, `.pth`), on the CPU.
+
+    Refused with `pickle_refusal` (how to convert it) unless allow_unsafe_pickle; then read with
+    `torch.load(weights_only=True)`, memory-mapped where the file's format allows."""
+    path = Path(path)
+    if not allow_unsafe_pickle:
+        raise pickle_refusal(path)
+    if not path.is_file():
+        raise ModelFileError(f"IP-Adapter file not found: {path}")
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:  # the legacy (non-zip) format cannot be memory-mapped
+            if "mmap" not in str(e):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 — whatever torch.load raises, the file cannot be used
+        raise ModelFileError(f"cannot load {path} with torch.load(weights_only=True): {e}") from e
+    return _flatten(obj, path)
+
+
+def read_ipadapter_state_dict(path: Path | str, *, allow_unsafe_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """The flat `image_proj.*` + `ip_adapter.*` tensors of an IP-Adapter file: `.safetensors`, or a pickle when
+    allow_unsafe_pickle (see `read_pickled_ipadapter`)."""
     from safetensors.torch import load_file
 
     path = Path(path)
-    if path.suffix.lower() != ".safetensors":
-        raise IPAdapterFormatError(f"{path.name}: only .safetensors IP-Adapter files are read")
-    return ipadapter_from_state_dict(load_file(str(path)), name=path.stem).to(device, dtype)
+    if is_pickle(path):
+        return read_pickled_ipadapter(path, allow_unsafe_pickle=allow_unsafe_pickle)
+    if path.suffix.lower() not in SAFETENSORS_SUFFIXES:
+        raise IPAdapterFormatError(f"{path.name}: IP-Adapter files are .safetensors (or the pickled .bin/.pth)")
+    return load_file(str(path))
+
+
+def load_ipadapter(path: Path | str, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                   allow_unsafe_pickle: bool = False) -> IPAdapterModel:
+    """Load an IP-Adapter file (`.safetensors`; a pickled `.bin`/`.pth` when allow_unsafe_pickle, else refused
+    with `pickle_refusal`) onto a device and dtype."""
+    path = Path(path)
+    sd = read_ipadapter_state_dict(path, allow_unsafe_pickle=allow_unsafe_pickle)
+    return ipadapter_from_state_dict(sd, name=path.stem).to(device, dtype)

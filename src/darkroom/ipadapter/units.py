@@ -89,18 +89,25 @@ class AdapterInfo:
 _INFO_CACHE: dict[tuple, AdapterInfo | None] = {}
 
 
-def adapter_info(path: Path) -> AdapterInfo | None:
-    """An IP-Adapter `.safetensors` file's kind and widths from its header; None for anything else."""
+def adapter_info(path: Path, *, allow_unsafe_pickle: bool = False) -> AdapterInfo | None:
+    """An IP-Adapter file's kind and widths (cached while the file is unchanged); None for anything else.
+
+    A `.safetensors` file is read from its header; a pickle (`.bin`, `.pth`, …) only when allow_unsafe_pickle, with
+    `torch.load(weights_only=True)` — else None, as for any file that cannot be read."""
     from ..models.detect import read_header
+    from ..models.files import SAFETENSORS_SUFFIXES, is_pickle
+    from .model import read_pickled_ipadapter
 
     path = Path(path)
-    if path.is_dir() or path.suffix.lower() != ".safetensors":
+    pickled = is_pickle(path)
+    if path.is_dir() or not ((pickled and allow_unsafe_pickle) or path.suffix.lower() in SAFETENSORS_SUFFIXES):
         return None
     st = path.stat()
     key = (str(path), st.st_size, st.st_mtime_ns)
     if key not in _INFO_CACHE:
         try:
-            shapes = read_header(path)
+            shapes = ({k: tuple(v.shape) for k, v in read_pickled_ipadapter(path, allow_unsafe_pickle=True).items()}
+                      if pickled else read_header(path))
         except Exception:  # noqa: BLE001 — an unreadable file is simply not an IP-Adapter here
             shapes = {}
         _INFO_CACHE[key] = _info_from_shapes(shapes)
@@ -119,10 +126,13 @@ def _info_from_shapes(shapes: dict[str, tuple]) -> AdapterInfo | None:
 
 
 def ipadapter_files(registry: Any) -> dict[str, Path]:
-    """{name: path} of the installed IP-Adapters: models/ipadapter, then IP-Adapter files in models/controlnet."""
+    """{name: path} of the installed IP-Adapters: every file in models/ipadapter (pickles too: the folder says what
+    they are), then the files in models/controlnet whose tensors say they are IP-Adapters — pickles there only when
+    the registry's settings allow_unsafe_pickle (they must be unpickled to tell)."""
+    allow = bool(registry.settings.allow_unsafe_pickle)
     out = dict(registry.entries("ipadapter"))
     for name, path in registry.entries("controlnet").items():
-        if name not in out and adapter_info(path) is not None:
+        if name not in out and adapter_info(path, allow_unsafe_pickle=allow) is not None:
             out[name] = path
     return out
 
@@ -132,16 +142,30 @@ def _stem(name: str) -> str:
     return base.rsplit(".", 1)[0] if "." in base else base
 
 
+def _matching(names: Any, text: str) -> list[str]:
+    """The names a request's model text picks: the exact name, else those whose stem or file name it is."""
+    if text in names:
+        return [text]
+    return [n for n in names if text.lower() in (_stem(n).lower(), n.rsplit("/", 1)[-1].lower())]
+
+
 def find_ipadapter_file(registry: Any, name: str) -> str:
     """The name IPAdapterModelLoader lists for an adapter given that name, an A1111 title `name [hash]`, a stem or
-    a file name; ControlUnitError listing the installed ones otherwise."""
+    a file name; ControlUnitError listing the installed ones otherwise (the pickle refusal when it names a pickle in
+    models/controlnet that allow_unsafe_pickle keeps unread)."""
+    from ..models.files import is_pickle
+    from .model import pickle_refusal
+
     files = ipadapter_files(registry)
     text = re.sub(r"\s*\[[0-9a-fA-F]{8,64}\]$", "", str(name).strip()).replace("\\", "/")
-    if text in files:
-        return text
-    matches = [n for n in files if text.lower() in (_stem(n).lower(), n.rsplit("/", 1)[-1].lower())]
+    matches = _matching(files, text)
     if len(matches) == 1:
         return matches[0]
+    if not matches and not registry.settings.allow_unsafe_pickle:
+        pickles = {n: p for n, p in registry.entries("controlnet").items() if is_pickle(p)}
+        unread = _matching(pickles, text)
+        if len(unread) == 1:
+            raise ControlUnitError(str(pickle_refusal(pickles[unread[0]])), "model")
     folders = [*registry.settings.model_dirs("ipadapter"), *registry.settings.model_dirs("controlnet")]
     where = ", ".join(str(d) for d in folders) or f"{registry.settings.models_dir / 'ipadapter'} (not created yet)"
     several = f" (several match: {', '.join(matches)})" if matches else ""
@@ -214,16 +238,21 @@ def find_clip_vision(registry: Any, encoder: str | None, *, what: str = "this IP
 
 def resolve_ipadapter_unit(registry: Any, unit: ControlNetUnit, index: int = 0) -> ControlNetUnit:
     """The unit with its module's internal name, its adapter as IPAdapterModelLoader names it and its CLIP vision
-    file (kept when given); ControlUnitError naming the field and what to install otherwise."""
+    file (kept when given); ControlUnitError naming the field and what to install otherwise (the pickle refusal
+    for a `.bin`/`.pth` adapter unless allow_unsafe_pickle)."""
+    from ..models.files import is_pickle
+    from .model import pickle_refusal
+
     try:
         module = canonical_module(unit.module)
     except ValueError as ex:
         raise ControlUnitError(str(ex), "module") from None
     model = find_ipadapter_file(registry, unit.model)
     path = ipadapter_files(registry)[model]
-    if path.suffix.lower() != ".safetensors":
-        raise ControlUnitError(f"{model}: only .safetensors IP-Adapter files are read (convert the .bin)", "model")
-    info = adapter_info(path)
+    allow = bool(registry.settings.allow_unsafe_pickle)
+    if is_pickle(path) and not allow:
+        raise ControlUnitError(str(pickle_refusal(path)), "model")
+    info = adapter_info(path, allow_unsafe_pickle=allow)
     if info is None:
         raise ControlUnitError(f"{model} is not an IP-Adapter darkroom reads (FaceID and InstantID files need "
                                f"insightface)", "model")
@@ -328,8 +357,8 @@ def reference_uses(engine: Any, ckpt: Any, units: list[ControlNetUnit]) -> list[
                 "clip_vision", path, lambda p=path: load_clip_vision(p, device=engine.device, dtype=engine.dtype))
         if unit.model not in adapters:
             path = ipadapter_files(engine.registry)[unit.model]
-            adapters[unit.model] = engine.aux_model(
-                "ipadapter", path, lambda p=path: load_ipadapter(p, device=engine.device, dtype=engine.dtype))
+            adapters[unit.model] = engine.aux_model("ipadapter", path, lambda p=path: load_ipadapter(
+                p, device=engine.device, dtype=engine.dtype, allow_unsafe_pickle=engine.settings.allow_unsafe_pickle))
         try:
             check_fits(adapters[unit.model], ckpt.unet)
         except ValueError as ex:

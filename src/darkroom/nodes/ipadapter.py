@@ -76,7 +76,7 @@ class IPAdapterFileChoices(FileChoices):
 
 class IPAdapterModelLoader(Node):
     """Load an IP-Adapter (plain, plus, plus-face, full-face) from the `ipadapter` folders (or, for A1111 installs,
-    an IP-Adapter file in the `controlnet` folders)."""
+    an IP-Adapter file in the `controlnet` folders); pickled `.bin`/`.pth` files only with allow_unsafe_pickle."""
 
     display_name = "IPAdapter Model Loader"
     category = "ipadapter/loaders"
@@ -91,7 +91,8 @@ class IPAdapterModelLoader(Node):
         engine = service(ctx, "engine")
         path = ipadapter_files(engine.registry).get(ipadapter_file) or engine.registry.find("ipadapter",
                                                                                             ipadapter_file)
-        model = load_ipadapter(path, device=engine.device, dtype=engine.dtype)
+        model = load_ipadapter(path, device=engine.device, dtype=engine.dtype,
+                               allow_unsafe_pickle=engine.settings.allow_unsafe_pickle)
         model.name = _stem(ipadapter_file)
         return (model,)
 
