@@ -342,7 +342,8 @@ def resolve_units(registry: Any, units: list[ControlNetUnit]) -> list[ControlNet
         name = find_control_model(registry, unit.model)
         from ..ipadapter.units import adapter_info
 
-        if adapter_info(registry.find("controlnet", name)) is not None:
+        path = registry.find("controlnet", name)
+        if adapter_info(path, allow_unsafe_pickle=registry.settings.allow_unsafe_pickle) is not None:
             raise ControlUnitError(f"{name} is an IP-Adapter: use an ip-adapter module (ip-adapter-auto) with it, "
                                    f"not {unit.module!r}", "module")
         out.append(replace(unit, model=name))

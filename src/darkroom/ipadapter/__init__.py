@@ -1,7 +1,8 @@
 """darkroom.ipadapter: IP-Adapter reference images (SD1.x / SDXL; plain, plus, plus-face and full-face models).
 
     vision = load_clip_vision(path)                      # models/clip_vision/*.safetensors (HF CLIP vision layout)
-    adapter = load_ipadapter(path, device=..., dtype=...) # models/ipadapter/*.safetensors (image_proj.* + ip_adapter.*)
+    adapter = load_ipadapter(path, device=..., dtype=...) # models/ipadapter/*.safetensors (image_proj.* + ip_adapter.*);
+                                                         # .bin/.pth pickles with allow_unsafe_pickle
     use = reference_use(adapter, vision, image, weight=0.8, weight_type="style transfer", sdxl=True)  # nodes.ipadapter
     # or: make_use(adapter, cond_embeds, uncond_embeds, weight=…, start_at=…, end_at=…)  (attention module)
     model = replace(model_ref, ipadapters=(*model_ref.ipadapters, use))

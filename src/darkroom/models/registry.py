@@ -29,7 +29,7 @@ EXTENSIONS: dict[str, tuple[str, ...]] = {
     "controlnet": (".safetensors", ".pth", ".pt", ".ckpt", ".bin"),
     "upscale_models": (".pth", ".safetensors", ".pt"),
     "clip_vision": (".safetensors", ".bin", ".pt"),
-    "ipadapter": (".safetensors", ".bin"),
+    "ipadapter": (".safetensors", ".bin", ".pth"),
     "annotators": (".pth", ".pt", ".safetensors", ".onnx", ".bin", ".ckpt"),
 }
 _DEFAULT_EXT = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
