@@ -21,14 +21,15 @@ from darkroom.shapes.adherence import prompt_suite, rates, score_image  # noqa: 
 from train_default_model import alphas_cumprod, tokenize  # noqa: E402
 
 
-def load(work: Path, step: str):
-    """(unet, text_encoder, vae) in eval mode from a training work folder."""
+def load(work: Path, step: str, vae_dir: Path | None = None):
+    """(unet, text_encoder, vae) in eval mode from a training work folder (vae: `vae_dir`, else vae_ft, else vae)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     unet = UNet2DConditionModel.from_pretrained(work / step / "unet").eval()
     te = CLIPTextModel.from_pretrained(work / step / "text_encoder").eval()
-    vae = AutoencoderKL.from_pretrained(work / ("vae_ft" if (work / "vae_ft").is_dir() else "vae")).eval()
+    vae_dir = vae_dir or work / ("vae_ft" if (work / "vae_ft").is_dir() else "vae")
+    vae = AutoencoderKL.from_pretrained(vae_dir).eval()
     return unet, te, vae
 
 
@@ -66,10 +67,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--grid", type=Path, default=None)
+    ap.add_argument("--vae", type=Path, default=None, help="autoencoder folder (default: the work folder's vae_ft)")
     ap.add_argument("--large", action="store_true", help="the all-large suite (where shape kinds are readable)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    unet, te, vae = load(args.work, args.step)
+    unet, te, vae = load(args.work, args.step, args.vae)
     specs = prompt_suite(24, seed=99, sizes=("large",)) if args.large else prompt_suite(args.n)
     grids = []
     for cfg in args.cfg:
