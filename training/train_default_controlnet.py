@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import random
 import sys
 import time
@@ -32,8 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # other jobs share the cores (see train_default_model.py)
-import torch  # noqa: E402
+import torch  # noqa: E402  (OMP_WAIT_POLICY=PASSIVE when other jobs share the cores: see train_default_model.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
