@@ -375,6 +375,7 @@ def attach_units(engine: Any, ckpt: Any, units: list[ControlNetUnit], positive: 
         from .names import find_control_model
 
         path = engine.registry.find("controlnet", find_control_model(engine.registry, unit.model))
+
         def build(path: Path = path) -> Any:
             return load_control_model(path, dtype=engine.dtype, device=engine.device, base_unet=ckpt.unet,
                                       allow_unsafe_pickle=settings.allow_unsafe_pickle)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..models.errors import ModelFileError, UnsafeModelFileError
-from ..models.files import SAFETENSORS_SUFFIXES, is_pickle, unsafe_pickle_error
+from ..models.files import SAFETENSORS_SUFFIXES, is_pickle, torch_load_weights, unsafe_pickle_error
 
 #: Head size of the plus resampler's attention in every released model.
 _RESAMPLER_HEAD_DIM = 64
@@ -218,16 +218,7 @@ def read_pickled_ipadapter(path: Path | str, *, allow_unsafe_pickle: bool = Fals
         raise pickle_refusal(path)
     if not path.is_file():
         raise ModelFileError(f"IP-Adapter file not found: {path}")
-    try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:  # the legacy (non-zip) format cannot be memory-mapped
-            if "mmap" not in str(e):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 — whatever torch.load raises, the file cannot be used
-        raise ModelFileError(f"cannot load {path} with torch.load(weights_only=True): {e}") from e
-    return _flatten(obj, path)
+    return _flatten(torch_load_weights(path), path)
 
 
 def read_ipadapter_state_dict(path: Path | str, *, allow_unsafe_pickle: bool = False) -> dict[str, torch.Tensor]:

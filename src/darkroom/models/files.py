@@ -105,6 +105,17 @@ def load_pickle_state_dict(path: Path, *, allow_unsafe_pickle: bool = False) -> 
     _check_exists(path)
     if not allow_unsafe_pickle:
         raise unsafe_pickle_error(path)
+    obj = torch_load_weights(path)
+    while isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise ModelFileError(f"{path} does not hold a state dict (found {type(obj).__name__})")
+    return {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+
+
+def torch_load_weights(path: Path) -> Any:
+    """What a pickle file holds, read with torch.load(weights_only=True) onto the CPU (memory-mapped when the file's
+    format allows); ModelFileError when torch cannot read it that way. The caller has checked the pickle opt-in."""
     try:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -117,11 +128,7 @@ def load_pickle_state_dict(path: Path, *, allow_unsafe_pickle: bool = False) -> 
             f"cannot load {path} with torch.load(weights_only=True): {e}. If it holds pickled Python objects beyond "
             f"tensors (e.g. a PyTorch Lightning training checkpoint), convert it to .safetensors with a trusted tool."
         ) from e
-    while isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise ModelFileError(f"{path} does not hold a state dict (found {type(obj).__name__})")
-    return {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    return obj
 
 
 def cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
