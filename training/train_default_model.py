@@ -1,17 +1,19 @@
 """Train darkroom's built-in default model (a tiny SD1-style text-to-image model) on the procedural shapes dataset.
 
-Stages (all CPU, reproducible from --seed):
-  1. vae      – train a small AutoencoderKL on 64×64 dataset images (8× downsampling → (4, 8, 8) latents)
-  2. latents  – encode the dataset once (posterior mean and std) and set `scaling_factor` = 1 / std(latents)
-  3. unet     – train UNet2DConditionModel + CLIPTextModel jointly, eps-prediction, SD's scaled-linear betas,
-                10% caption dropout (empty caption) for classifier-free guidance, EMA weights
-  4. export   – write the EMA weights as one .safetensors (LDM/A1111 key layout, configs in the metadata)
+Stages (all CPU, reproducible from --seed; default: vae,latents,text,unet):
+  vae      – train a small AutoencoderKL on 64×64 dataset images (8× downsampling → (4, 8, 8) latents)
+  latents  – encode the dataset once (posterior mean and std) and set `scaling_factor` = 1 / std(latents)
+  decoder  – (v2 only) fine-tune the decoder with the encoder frozen
+  text     – pretrain the CLIP text encoder contrastively against the latents (with kind-swapped hard negatives)
+  unet     – train UNet2DConditionModel (eps-prediction, SD's scaled-linear betas, 10% caption dropout for
+             classifier-free guidance, EMA weights) against the frozen pretrained text encoder; without the text
+             stage (or with --train-text) the text encoder is trained jointly with the UNet, as v1 and v2 were
+Then training/export_default_model.py writes the EMA weights as one .safetensors (LDM/A1111 key layout, configs in
+the metadata).
 
 Run from the repository root:
-  HF_HUB_OFFLINE=1 .venv/bin/python training/train_default_model.py --work /tmp/dr-train
-  HF_HUB_OFFLINE=1 .venv/bin/python training/train_default_model.py --work /tmp/dr-train --stages unet \
-      --resume /tmp/dr-train/step_05000 --seed 1 --lr 5e-4 --steps 2000 --tag phase2
-(see docs/default-model.md for the exact commands of the shipped model)
+  HF_HUB_OFFLINE=1 .venv/bin/python training/train_default_model.py --work /tmp/dr-train --cycles 1000,1000,1000
+(see docs/default-model.md for the exact commands of the shipped model, which used v2's settings)
 """
 
 from __future__ import annotations
@@ -155,7 +157,7 @@ def train_vae(args: argparse.Namespace, images: torch.Tensor, labels: list, work
     from darkroom.shapes.dataset import COLOURS
 
     torch.manual_seed(args.seed)
-    vae = AutoencoderKL(**VAE_CONFIG)
+    vae = AutoencoderKL(**{**VAE_CONFIG, "norm_num_groups": args.vae_groups})
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(args.seed + 1)
     bg = torch.tensor([COLOURS[lab.background] for lab in labels], dtype=torch.float32) / 127.5 - 1.0  # (N, 3)
@@ -266,15 +268,33 @@ class LatentEncoder(torch.nn.Module):
 
     def __init__(self, dim: int = 128) -> None:
         super().__init__()
+        act = torch.nn.SiLU
         self.net = torch.nn.Sequential(
-            torch.nn.Conv2d(4, 128, 3, padding=1), torch.nn.SiLU(),
-            torch.nn.Conv2d(128, 128, 3, padding=1), torch.nn.SiLU(),
-            torch.nn.Conv2d(128, 128, 3, padding=1, stride=2), torch.nn.SiLU(),  # (128, 4, 4)
-            torch.nn.Flatten(), torch.nn.Linear(128 * 16, 512), torch.nn.SiLU(), torch.nn.Linear(512, dim),
+            torch.nn.Conv2d(4, 128, 3, padding=1), act(),
+            torch.nn.Conv2d(128, 128, 3, padding=1), act(),
+            torch.nn.Conv2d(128, 128, 3, padding=1, stride=2), act(),  # (128, 4, 4)
+            torch.nn.Flatten(), torch.nn.Linear(128 * 16, 512), act(), torch.nn.Linear(512, dim),
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.net(z), dim=-1)
+
+
+#: Nouns that name each kind in captions (darkroom.shapes.dataset's wordings: "round circle", "square block" … contain
+#: these), and the single words used to swap a kind for another in a hard-negative caption.
+_KIND_NOUNS = {"circle": ("circle", "disc"), "square": ("square", "box"), "triangle": ("triangle",), "star": ("star",)}
+
+
+def kind_swapped(caption: str, rng: random.Random) -> str:
+    """The caption with its first shape noun replaced by a noun of another kind ("a red circle" → "a red box")."""
+    import re
+
+    nouns = {w: k for k, ws in _KIND_NOUNS.items() for w in ws}
+    m = re.search(r"\b(" + "|".join(nouns) + r")\b", caption)
+    if m is None:
+        return caption
+    other = rng.choice([k for k in _KIND_NOUNS if k != nouns[m.group(1)]])
+    return caption[: m.start()] + rng.choice(_KIND_NOUNS[other]) + caption[m.end() :]
 
 
 def pretrain_text_encoder(args: argparse.Namespace, captions: list[list[str]], work: Path, logf: Path) -> None:
@@ -295,6 +315,12 @@ def pretrain_text_encoder(args: argparse.Namespace, captions: list[list[str]], w
     n = len(lat_mean)
     k = len(captions[0])
     ids = tokenize([c for cs in captions[:n] for c in cs]).view(n, k, 77)
+    # hard negatives (as NegCLIP, Yuksekgonul et al. 2023): each caption with its shape's kind swapped. Without them
+    # the easy attributes (colours, positions) carry the loss and the encoder learns to ignore the hardest one:
+    # "circle" → "square" moved its states a third as far as any other one-word change, and the UNet drew kinds at
+    # chance.
+    rng = random.Random(args.seed + 9)
+    swapped = tokenize([kind_swapped(c, rng) for cs in captions[:n] for c in cs]).view(n, k, 77)
     te = CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER_CONFIG)).train()
     proj = torch.nn.Linear(TEXT_ENCODER_CONFIG["hidden_size"], 128, bias=False)
     img = LatentEncoder(128)
@@ -302,7 +328,8 @@ def pretrain_text_encoder(args: argparse.Namespace, captions: list[list[str]], w
     params = [*te.parameters(), *proj.parameters(), *img.parameters(), log_temp]
     opt = torch.optim.AdamW(params, lr=args.text_lr, weight_decay=0.01, betas=(0.9, 0.98))
     g = torch.Generator().manual_seed(args.seed + 8)
-    held = torch.arange(n - 1024, n)  # held-out pairs for the retrieval accuracy in the log
+    n_held = min(1024, n // 4)
+    held = torch.arange(n - n_held, n)  # held-out pairs for the retrieval accuracy in the log
     log(f"text: {sum(p.numel() for p in te.parameters()) / 1e6:.2f}M params, {args.text_steps} contrastive steps of "
         f"{args.text_batch}", logf)
 
@@ -314,12 +341,13 @@ def pretrain_text_encoder(args: argparse.Namespace, captions: list[list[str]], w
     for step in range(args.text_steps):
         for pg in opt.param_groups:
             pg["lr"] = lr_at(step, args.text_steps, args.text_lr)
-        idx = torch.randint(0, n - 1024, (args.text_batch,), generator=g)
+        idx = torch.randint(0, n - n_held, (args.text_batch,), generator=g)
         which = torch.randint(0, k, (args.text_batch,), generator=g)
         z = lat_mean[idx] + lat_std[idx] * torch.randn(lat_mean[idx].shape, generator=g)
-        logits = log_temp.clamp(max=math.log(100)).exp() * embed_text(ids[idx, which]) @ img(z).T  # (B, B)
+        text = embed_text(torch.cat([ids[idx, which], swapped[idx, which]]))  # (2B, d): captions, then their swaps
+        logits = log_temp.clamp(max=math.log(100)).exp() * img(z) @ text.T  # (B, 2B)
         target = torch.arange(args.text_batch)
-        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, : args.text_batch].T, target)) / 2
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -327,11 +355,15 @@ def pretrain_text_encoder(args: argparse.Namespace, captions: list[list[str]], w
         if step % 100 == 0 or step == args.text_steps - 1:
             with torch.no_grad():
                 te.eval()
-                sim = embed_text(ids[held, 0]) @ img(lat_mean[held]).T  # (1024, 1024)
+                pics = img(lat_mean[held])
+                sim = embed_text(ids[held, 0]) @ pics.T  # (n_held, n_held)
+                own = (embed_text(ids[held, 0]) * pics).sum(-1)
+                worse = (embed_text(swapped[held, 0]) * pics).sum(-1)
                 te.train()
             acc = (sim.argmax(1) == torch.arange(len(held))).float().mean()
-            log(f"text step {step} loss {loss.item():.3f} held-out caption→picture top-1 of 1024: {acc:.3f} "
-                f"({time.time() - t0:.0f}s)", logf)
+            kind_acc = (own > worse).float().mean()
+            log(f"text step {step} loss {loss.item():.3f} held-out caption→picture top-1 of {n_held}: {acc:.3f}, "
+                f"right kind preferred {kind_acc:.3f} ({time.time() - t0:.0f}s)", logf)
     te.eval().save_pretrained(work / "text_encoder")
     log(f"text done in {time.time() - t0:.0f}s", logf)
 
@@ -376,7 +408,7 @@ def train_unet(args: argparse.Namespace, captions: list[list[str]], fg: torch.Te
     ids = tokenize([c for cs in captions[:n] for c in cs]).view(n, k, 77)  # (N, k, 77)
     empty_ids = tokenize([""])[0]  # (77,)
 
-    unet = UNet2DConditionModel(**UNET_CONFIG)
+    unet = UNet2DConditionModel(**{**UNET_CONFIG, "norm_num_groups": args.unet_groups})
     te = CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER_CONFIG))
     frozen = (work / "text_encoder").is_dir() and not args.train_text  # pretrained by the `text` stage: keep it fixed
     if frozen:
@@ -476,7 +508,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n-images", type=int, default=16000)
     ap.add_argument("--n-alt-captions", type=int, default=3)
-    ap.add_argument("--vae-steps", type=int, default=2000, help="steps on 32×32 crops around shapes")
+    ap.add_argument("--vae-groups", type=int, default=VAE_CONFIG["norm_num_groups"], help="GroupNorm groups (v2: 16)")
+    ap.add_argument("--unet-groups", type=int, default=UNET_CONFIG["norm_num_groups"], help="GroupNorm groups (v2: 32)")
+    ap.add_argument("--vae-steps", type=int, default=2000, help="steps on 32×32 crops around shapes (v2: 1500)")
     ap.add_argument("--vae-full-steps", type=int, default=300, help="then steps on whole 64×64 images")
     ap.add_argument("--vae-batch", type=int, default=32, help="crops per step (whole images: a quarter)")
     ap.add_argument("--vae-fg-weight", type=float, default=8.0)
@@ -485,7 +519,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dec-steps", type=int, default=1500, help="decoder-only fine-tuning steps on whole images")
     ap.add_argument("--dec-batch", type=int, default=8)
     ap.add_argument("--dec-lr", type=float, default=5e-4)
-    ap.add_argument("--text-steps", type=int, default=600, help="contrastive text-encoder steps (stage text)")
+    ap.add_argument("--text-steps", type=int, default=500, help="contrastive text-encoder steps (stage text)")
     ap.add_argument("--text-batch", type=int, default=256)
     ap.add_argument("--text-lr", type=float, default=1e-3)
     ap.add_argument("--train-text", action="store_true",
