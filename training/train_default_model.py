@@ -411,11 +411,13 @@ def train_unet(args: argparse.Namespace, captions: list[list[str]], fg: torch.Te
     unet = UNet2DConditionModel(**{**UNET_CONFIG, "norm_num_groups": args.unet_groups})
     te = CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER_CONFIG))
     frozen = (work / "text_encoder").is_dir() and not args.train_text  # pretrained by the `text` stage: keep it fixed
+    te_source = work / "text_encoder"
     if frozen:
-        te = CLIPTextModel.from_pretrained(work / "text_encoder")
+        te = CLIPTextModel.from_pretrained(te_source)
     if args.resume:
         unet = UNet2DConditionModel.from_pretrained(Path(args.resume) / "unet")
-        te = CLIPTextModel.from_pretrained(Path(args.resume) / "text_encoder")
+        te_source = Path(args.resume) / "text_encoder"
+        te = CLIPTextModel.from_pretrained(te_source)
     unet.train()
     te.train(not frozen)
     te.requires_grad_(not frozen)
@@ -424,7 +426,7 @@ def train_unet(args: argparse.Namespace, captions: list[list[str]], fg: torch.Te
         p.requires_grad_(False)
     params = [*unet.parameters(), *([] if frozen else te.parameters())]
     if frozen:
-        log(f"unet: text encoder frozen (from {work / 'text_encoder'})", logf)
+        log(f"unet: text encoder frozen (from {te_source})", logf)
     acp = alphas_cumprod()
     g = torch.Generator().manual_seed(args.seed + 3)
     # warm restarts (SGDR, Loshchilov & Hutter 2017): each cycle starts from the EMA weights with a fresh optimizer, a
