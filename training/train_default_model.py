@@ -23,6 +23,7 @@ import copy
 import json
 import math
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -38,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from darkroom.conditioning.tokenizer import clip_tokenizer  # noqa: E402
-from darkroom.shapes.dataset import alternative_captions, make_dataset  # noqa: E402
+from darkroom.shapes.dataset import _SHAPE_WORDS, alternative_captions, make_dataset  # noqa: E402
 
 # --- architecture ---------------------------------------------------------------------------------------------
 
@@ -280,20 +281,20 @@ class LatentEncoder(torch.nn.Module):
         return F.normalize(self.net(z), dim=-1)
 
 
-#: Nouns that name each kind in captions (darkroom.shapes.dataset's wordings: "round circle", "square block" … contain
-#: these), and the single words used to swap a kind for another in a hard-negative caption.
-_KIND_NOUNS = {"circle": ("circle", "disc"), "square": ("square", "box"), "triangle": ("triangle",), "star": ("star",)}
+#: The one-word nouns the captions use for each kind ("circle", "disc", "square", "box", …; the dataset's longer
+#: wordings such as "round circle" or "square block" contain them): what a hard-negative caption swaps.
+_KIND_NOUNS = {kind: tuple(dict.fromkeys(w for w in words if " " not in w))
+               for kind, words in _SHAPE_WORDS.items()}
+_NOUN_KIND = {w: kind for kind, words in _KIND_NOUNS.items() for w in words}
+_NOUN_RE = re.compile(r"\b(" + "|".join(_NOUN_KIND) + r")\b")
 
 
 def kind_swapped(caption: str, rng: random.Random) -> str:
     """The caption with its first shape noun replaced by a noun of another kind ("a red circle" → "a red box")."""
-    import re
-
-    nouns = {w: k for k, ws in _KIND_NOUNS.items() for w in ws}
-    m = re.search(r"\b(" + "|".join(nouns) + r")\b", caption)
+    m = _NOUN_RE.search(caption)
     if m is None:
         return caption
-    other = rng.choice([k for k in _KIND_NOUNS if k != nouns[m.group(1)]])
+    other = rng.choice([k for k in _KIND_NOUNS if k != _NOUN_KIND[m.group(1)]])
     return caption[: m.start()] + rng.choice(_KIND_NOUNS[other]) + caption[m.end() :]
 
 
@@ -357,11 +358,10 @@ def pretrain_text_encoder(args: argparse.Namespace, captions: list[list[str]], w
                 te.eval()
                 pics = img(lat_mean[held])
                 sim = embed_text(ids[held, 0]) @ pics.T  # (n_held, n_held)
-                own = (embed_text(ids[held, 0]) * pics).sum(-1)
                 worse = (embed_text(swapped[held, 0]) * pics).sum(-1)
                 te.train()
             acc = (sim.argmax(1) == torch.arange(len(held))).float().mean()
-            kind_acc = (own > worse).float().mean()
+            kind_acc = (sim.diagonal() > worse).float().mean()
             log(f"text step {step} loss {loss.item():.3f} held-out caption→picture top-1 of {n_held}: {acc:.3f}, "
                 f"right kind preferred {kind_acc:.3f} ({time.time() - t0:.0f}s)", logf)
     te.eval().save_pretrained(work / "text_encoder")
@@ -408,16 +408,13 @@ def train_unet(args: argparse.Namespace, captions: list[list[str]], fg: torch.Te
     ids = tokenize([c for cs in captions[:n] for c in cs]).view(n, k, 77)  # (N, k, 77)
     empty_ids = tokenize([""])[0]  # (77,)
 
-    unet = UNet2DConditionModel(**{**UNET_CONFIG, "norm_num_groups": args.unet_groups})
-    te = CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER_CONFIG))
     frozen = (work / "text_encoder").is_dir() and not args.train_text  # pretrained by the `text` stage: keep it fixed
-    te_source = work / "text_encoder"
-    if frozen:
-        te = CLIPTextModel.from_pretrained(te_source)
+    te_source = Path(args.resume) / "text_encoder" if args.resume else work / "text_encoder" if frozen else None
+    te = CLIPTextModel.from_pretrained(te_source) if te_source else CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER_CONFIG))
     if args.resume:
         unet = UNet2DConditionModel.from_pretrained(Path(args.resume) / "unet")
-        te_source = Path(args.resume) / "text_encoder"
-        te = CLIPTextModel.from_pretrained(te_source)
+    else:
+        unet = UNet2DConditionModel(**{**UNET_CONFIG, "norm_num_groups": args.unet_groups})
     unet.train()
     te.train(not frozen)
     te.requires_grad_(not frozen)

@@ -1,5 +1,5 @@
-"""The training scripts' plumbing on tiny inputs: warm-restart cycles in one UNet run, and the autoencoder check's
-perfect drawings (which the analyser must read without a single error)."""
+"""The training scripts' plumbing on tiny inputs: warm-restart cycles in one UNet run, the contrastive text stage and
+its hard negatives, and the autoencoder check's perfect drawings (which the analyser must read without an error)."""
 
 from __future__ import annotations
 
@@ -17,15 +17,19 @@ import train_default_model  # noqa: E402
 from darkroom.shapes.adherence import rates, score_image  # noqa: E402
 
 
+def _train(argv: list[str]) -> None:
+    threads = torch.get_num_threads()
+    try:
+        train_default_model.main([*argv, "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)  # main() sets the process's thread count
+
+
 def test_unet_cycles_restart_from_the_ema_and_save_on_the_global_step(tmp_path):
     torch.save({"mean": torch.randn(20, 4, 8, 8), "std": torch.full((20, 4, 8, 8), 0.1), "scaling_factor": 1.0},
                tmp_path / "latents.pt")
-    threads = torch.get_num_threads()
-    try:
-        train_default_model.main(["--work", str(tmp_path), "--stages", "unet", "--n-images", "20", "--cycles", "3,2",
-                                  "--batch", "2", "--save-every", "2", "--threads", "1"])
-    finally:
-        torch.set_num_threads(threads)  # main() sets the process's thread count
+    _train(["--work", str(tmp_path), "--stages", "unet", "--n-images", "20", "--cycles", "3,2", "--batch", "2",
+            "--save-every", "2"])
     assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_00002", "step_00004", "step_00005"]
     log = (tmp_path / "train.log").read_text()
     assert "in cycles [3, 2]" in log and "warm restart 1 at step 3 from the EMA weights" in log
@@ -42,13 +46,8 @@ def test_autoencoder_check_draws_what_the_analyser_reads_perfectly():
 def test_text_stage_pretrains_an_encoder_that_the_unet_stage_keeps_frozen(tmp_path):
     torch.save({"mean": torch.randn(24, 4, 8, 8), "std": torch.full((24, 4, 8, 8), 0.1), "scaling_factor": 1.0},
                tmp_path / "latents.pt")
-    threads = torch.get_num_threads()
-    try:
-        train_default_model.main(["--work", str(tmp_path), "--stages", "text,unet", "--n-images", "24",
-                                  "--text-steps", "3", "--text-batch", "6", "--cycles", "2", "--batch", "2",
-                                  "--save-every", "2", "--threads", "1"])
-    finally:
-        torch.set_num_threads(threads)
+    _train(["--work", str(tmp_path), "--stages", "text,unet", "--n-images", "24", "--text-steps", "3",
+            "--text-batch", "6", "--cycles", "2", "--batch", "2", "--save-every", "2"])
     from transformers import CLIPTextConfig, CLIPTextModel
 
     pre = CLIPTextModel.from_pretrained(tmp_path / "text_encoder").state_dict()
