@@ -298,6 +298,23 @@ def kind_swapped(caption: str, rng: random.Random) -> str:
     return caption[: m.start()] + rng.choice(_KIND_NOUNS[other]) + caption[m.end() :]
 
 
+@torch.no_grad()
+def kind_separation(te) -> float:
+    """How far apart the encoder keeps the closest two kinds, relative to a colour change (1: as far; ~0: the same).
+
+    Distance = the summed change of the final states over the 77 positions when one word of
+    'a large red circle at the top left on a blue background' changes.
+    """
+    was_training = te.training
+    te.eval()
+    base = "a large {} {} at the top left on a blue background"
+    states = te(tokenize([base.format("red", k) for k in _KIND_NOUNS] + [base.format("green", "circle")])).last_hidden_state
+    te.train(was_training)
+    dist = lambda a, b: float((states[a] - states[b]).norm(dim=-1).sum())  # noqa: E731
+    n = len(_KIND_NOUNS)
+    return min(dist(i, j) for i in range(n) for j in range(i + 1, n)) / dist(0, n)
+
+
 def pretrain_text_encoder(args: argparse.Namespace, captions: list[list[str]], work: Path, logf: Path) -> None:
     """Train the text encoder the way CLIP's was trained: captions and pictures (here: their latents) contrasted.
 
@@ -345,10 +362,24 @@ def pretrain_text_encoder(args: argparse.Namespace, captions: list[list[str]], w
         idx = torch.randint(0, n - n_held, (args.text_batch,), generator=g)
         which = torch.randint(0, k, (args.text_batch,), generator=g)
         z = lat_mean[idx] + lat_std[idx] * torch.randn(lat_mean[idx].shape, generator=g)
-        text = embed_text(torch.cat([ids[idx, which], swapped[idx, which]]))  # (2B, d): captions, then their swaps
-        logits = log_temp.clamp(max=math.log(100)).exp() * img(z) @ text.T  # (B, 2B)
-        target = torch.arange(args.text_batch)
-        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, : args.text_batch].T, target)) / 2
+        b = args.text_batch
+        if args.text_paraphrase > 0:  # a second, different caption of each picture
+            which2 = (which + torch.randint(1, k, (b,), generator=g)) % k
+            text = embed_text(torch.cat([ids[idx, which], swapped[idx, which], ids[idx, which2]]))  # (3B, d)
+        else:
+            text = embed_text(torch.cat([ids[idx, which], swapped[idx, which]]))  # (2B, d): captions, then swaps
+        scale = log_temp.clamp(max=math.log(100)).exp()
+        logits = scale * img(z) @ text[: 2 * b].T  # (B, 2B)
+        target = torch.arange(b)
+        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, :b].T, target)) / 2
+        if args.text_paraphrase > 0:
+            # paraphrases: each caption must find the other wording of its own picture among the batch's captions
+            # and the kind-swapped copies. The words themselves tell a circle from a square, so this keeps kinds
+            # apart where the latents alone hardly do (without it "circle" and "square", "triangle" and "star" ended
+            # up nearly the same to the encoder, and the UNet drew squares as circles and stars as triangles)
+            para = scale * text[2 * b :] @ text[: 2 * b].T  # (B, 2B)
+            loss = loss + args.text_paraphrase * (F.cross_entropy(para, target)
+                                                  + F.cross_entropy(para[:, :b].T, target)) / 2
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -363,7 +394,8 @@ def pretrain_text_encoder(args: argparse.Namespace, captions: list[list[str]], w
             acc = (sim.argmax(1) == torch.arange(len(held))).float().mean()
             kind_acc = (sim.diagonal() > worse).float().mean()
             log(f"text step {step} loss {loss.item():.3f} held-out caption→picture top-1 of {n_held}: {acc:.3f}, "
-                f"right kind preferred {kind_acc:.3f} ({time.time() - t0:.0f}s)", logf)
+                f"right kind preferred {kind_acc:.3f}, closest kinds {kind_separation(te):.2f} "
+                f"({time.time() - t0:.0f}s)", logf)
     te.eval().save_pretrained(work / "text_encoder")
     log(f"text done in {time.time() - t0:.0f}s", logf)
 
@@ -521,6 +553,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--text-steps", type=int, default=500, help="contrastive text-encoder steps (stage text)")
     ap.add_argument("--text-batch", type=int, default=256)
     ap.add_argument("--text-lr", type=float, default=1e-3)
+    ap.add_argument("--text-paraphrase", type=float, default=1.0,
+                    help="weight of the caption↔caption contrastive term of stage text (0: pictures only)")
     ap.add_argument("--train-text", action="store_true",
                     help="train the text encoder with the UNet even when the text stage pretrained one (v1/v2 recipe)")
     ap.add_argument("--steps", type=int, default=5000)
