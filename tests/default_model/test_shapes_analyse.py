@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
-from darkroom.shapes.analyse import analyse, classify_kind, nearest_colour, position_name
+from darkroom.shapes.analyse import analyse, classify_kind, count_tips, nearest_colour, position_name
 from darkroom.shapes.dataset import COLOURS, make_dataset, render
 
 
@@ -47,6 +48,38 @@ def test_each_kind_at_each_size(kind: str, d: float) -> None:
     assert abs(s.centroid[0] - 30.0) < 1.5
 
 
+@pytest.mark.parametrize("softness", [0.035, 0.07, 0.09])
+def test_reads_softened_shapes(softness: float) -> None:
+    """Decoders draw soft edges: shapes blurred by σ up to 9% of their diameter keep their kind (a soft star, whose
+    notches fill in, was read as a circle by area ratios alone); circles stay circles however soft."""
+    rng = np.random.default_rng(7)
+    colours = list(COLOURS)
+    for i in range(48):
+        kind = ("circle", "square", "triangle", "star")[i % 4]
+        bg, fg = rng.choice(len(colours), 2, replace=False)
+        d = float(rng.uniform(26, 31) if i % 8 < 4 else rng.uniform(17, 20))
+        img = render(colours[bg], [(kind, colours[fg], (float(rng.uniform(18, 46)), float(rng.uniform(18, 46))), d)])
+        soft = np.clip(cv2.GaussianBlur(img.astype(np.float32), (0, 0), softness * d), 0, 255).round().astype(np.uint8)
+        s = analyse(soft).main
+        assert s is not None and s.kind == kind, (i, kind, s)
+    circle = render("blue", [("circle", "yellow", (32.0, 32.0), 28.0)]).astype(np.float32)
+    for sigma in (3.0, 4.0):
+        blob = np.clip(cv2.GaussianBlur(circle, (0, 0), sigma), 0, 255).round().astype(np.uint8)
+        assert analyse(blob).main.kind == "circle"
+
+
+@pytest.mark.parametrize(("kind", "tips"), [("circle", 0), ("triangle", 3), ("square", 4), ("star", 5)])
+def test_counts_the_points_of_an_outline(kind: str, tips: int) -> None:
+    for d in (18.0, 30.0):
+        img = render("black", [(kind, "white", (31.0, 33.0), d)])
+        assert count_tips(img[..., 0] > 127) == tips, d
+    # an ellipse has two ends, not four corners; a blank mask has none
+    ellipse = np.zeros((64, 64), np.uint8)
+    cv2.ellipse(ellipse, (32, 32), (20, 9), 0, 0, 360, 1, -1)
+    assert count_tips(ellipse.astype(bool)) == 2
+    assert count_tips(np.zeros((64, 64), bool)) == 0
+
+
 def test_blank_image_has_no_shapes_and_accepts_pil() -> None:
     a = analyse(Image.new("RGB", (64, 64), COLOURS["pink"]))
     assert a.background == "pink" and a.shapes == () and a.main is None
@@ -68,6 +101,8 @@ def test_helpers() -> None:
     assert position_name(32, 32, 64, 64) == "centre"
     assert classify_kind(0.99, 0.99) == "square"
     assert classify_kind(0.4, 0.55) == "star"
+    assert classify_kind(0.6, 0.78, 0.05) == "star"  # a softened star
+    assert classify_kind(0.78, 0.95) == "circle"
 
 
 def test_rejects_wrong_input() -> None:
