@@ -1,7 +1,7 @@
 """Write a trained default model as one .safetensors file in the SD1.x LDM/A1111 layout (configs in the metadata).
 
-  .venv/bin/python training/export_default_model.py --work /tmp/dr-train --step phase2_step_01500 \
-      --out src/darkroom/default_model/darkroom-shapes-v2.safetensors
+  .venv/bin/python training/export_default_model.py --work /tmp/dr-train --step step_04000 \
+      --out src/darkroom/default_model/darkroom-shapes-v3.safetensors
 
 The file goes through darkroom's own writer (`darkroom.models.convert.save_single_file`), which stores under the
 `darkroom.config` metadata key every config field that the key shapes and the SD1.5 template would not reproduce,
@@ -33,7 +33,7 @@ def export(work: Path, step: str, out: Path, *, dtype: torch.dtype = torch.float
     te = CLIPTextModel.from_pretrained(work / step / "text_encoder")
     vae = AutoencoderKL.from_pretrained(work / ("vae_ft" if (work / "vae_ft").is_dir() else "vae"))
     meta = {
-        "modelspec.title": "darkroom shapes v1",
+        "modelspec.title": out.stem.replace("-", " "),  # darkroom-shapes-v3 → "darkroom shapes v3"
         "modelspec.architecture": "stable-diffusion-v1",
         "modelspec.description": "darkroom's built-in demo model: coloured shapes at 64x64 (docs/default-model.md)",
         "modelspec.resolution": "64x64",

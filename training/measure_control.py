@@ -6,7 +6,7 @@ background"). The picture is read by the default model's analyser; a case is pla
 is the map's. The same prompts and seeds without the ControlNet give the baseline.
 
   HF_HUB_OFFLINE=1 .venv/bin/python training/measure_control.py \
-      --controlnet src/darkroom/default_model/darkroom-shapes-v2-canny.safetensors --seeds 2
+      --controlnet src/darkroom/default_model/darkroom-shapes-v3-canny.safetensors --seeds 2
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ config fields the shapes cannot tell in the `darkroom.config` metadata.
 
   HF_HUB_OFFLINE=1 nice -n 19 .venv/bin/python training/train_default_controlnet.py --work /tmp/dr-cn
   (--base FILE: another base checkpoint; the output goes beside the built-in model, named after the base:
-   darkroom-shapes-v2.safetensors → darkroom-shapes-v2-canny.safetensors; --out FILE to choose)
+   darkroom-shapes-v3.safetensors → darkroom-shapes-v3-canny.safetensors; --out FILE to choose)
 
 Every --eval-every steps the EMA ControlNet is exported and measured through the engine
 (`training/measure_control.py`); training stops once the placement rate reaches --stop-at.

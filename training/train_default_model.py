@@ -5,6 +5,7 @@ Stages (all CPU, reproducible from --seed; default: vae,latents,text,unet):
   latents  – encode the dataset once (posterior mean and std) and set `scaling_factor` = 1 / std(latents)
   decoder  – (v2 only) fine-tune the decoder with the encoder frozen
   text     – pretrain the CLIP text encoder contrastively against the latents (with kind-swapped hard negatives)
+             and against other wordings of the same picture
   unet     – train UNet2DConditionModel (eps-prediction, SD's scaled-linear betas, 10% caption dropout for
              classifier-free guidance, EMA weights) against the frozen pretrained text encoder; without the text
              stage (or with --train-text) the text encoder is trained jointly with the UNet, as v1 and v2 were
@@ -12,8 +13,9 @@ Then training/export_default_model.py writes the EMA weights as one .safetensors
 the metadata).
 
 Run from the repository root:
-  HF_HUB_OFFLINE=1 .venv/bin/python training/train_default_model.py --work /tmp/dr-train --cycles 1000,1000,1000
-(see docs/default-model.md for the exact commands of the shipped model, which used v2's settings)
+  HF_HUB_OFFLINE=1 .venv/bin/python training/train_default_model.py --work /tmp/dr-train \
+      --text-steps 300 --cycles 1000,1000,1000,1000 --save-every 1000
+(the shipped darkroom-shapes-v3, about 44 minutes on 2 CPU cores; see docs/default-model.md)
 """
 
 from __future__ import annotations

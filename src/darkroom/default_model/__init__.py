@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 #: File name of the shipped checkpoint (also its name in `darkroom models`).
-FILE_NAME = "darkroom-shapes-v2.safetensors"
+FILE_NAME = "darkroom-shapes-v3.safetensors"
 #: The resolution it was trained at (width = height).
 NATIVE_SIZE = 64
 

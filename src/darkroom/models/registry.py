@@ -62,7 +62,7 @@ def default_builtin_checkpoints() -> list[Path]:
 
 
 def default_builtin_controlnets() -> list[Path]:
-    """The ControlNets shipped beside the built-in model (e.g. `darkroom-shapes-v2-canny.safetensors`)."""
+    """The ControlNets shipped beside the built-in model (e.g. `darkroom-shapes-v3-canny.safetensors`)."""
     return [p for p in _builtin_files() if _is_controlnet_file(p)]
 
 

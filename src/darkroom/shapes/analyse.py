@@ -4,9 +4,9 @@ Method: background = most common named colour on the border; foreground = pixels
 split into connected components; per component the colour is the nearest named colour of its median pixel, the
 position is its centroid on a 3×3 grid, and the kind is read from the number of points its outline has (peaks of
 the distance from the centroid: circle 0, triangle 3, square 4, star 5 — see `count_tips`). Outlines with another
-count fall back to the nearest prototype of three scale-free measures of the mask: extent (area / bounding-box
-area: square 1, circle π/4, triangle ½, star ≈ 0.38), solidity (area / convex-hull area: ≈ 1 for the convex shapes,
-≈ 0.55 for a five-pointed star) and how bottom-heavy it is.
+count, and shapes cut off by the picture's edge, fall back to the nearest prototype of three scale-free measures of
+the mask: extent (area / bounding-box area: square 1, circle π/4, triangle ½, star ≈ 0.38), solidity (area /
+convex-hull area: ≈ 1 for the convex shapes, ≈ 0.55 for a five-pointed star) and how bottom-heavy it is.
 """
 
 from __future__ import annotations
@@ -24,17 +24,15 @@ _NAMES = list(COLOURS)
 _PALETTE = np.array([COLOURS[n] for n in _NAMES], dtype=np.float32)  # (C, 3)
 #: Area of each kind relative to the square of its circumscribed diameter (see dataset.shape_polygon).
 _AREA_FACTOR = {"circle": np.pi / 4, "square": 0.64, "triangle": 0.45, "star": 0.364}
-#: Prototypes (extent, solidity, drop) per kind; drop = how far below the bounding box's middle the centroid lies, in
+#: Prototype (extent, solidity, drop) per kind; drop = how far below the bounding box's middle the centroid lies, in
 #: box heights (an upright triangle is bottom-heavy: 1/6; a five-pointed star slightly: 0.05; circle, square: 0).
-#: The first of each pair is the sharp shape, the second the same shape softened — as a decoder draws it — by a
-#: Gaussian blur of σ = 7% of its diameter (measured with this module on the dataset's renders: a softened star
-#: fills in between its points, and with the sharp prototypes alone it was read as a circle, 64% of large stars at
-#: σ = 2 px; squares and circles hardly change).
+#: Used for shapes whose outline does not tell (see `analyse`): drawn soft, a star's notches fill in and these ratios
+#: drift towards a circle's, which is why the kind is read from the outline's points first.
 _PROTOTYPES = {
-    "square": ((1.0, 1.0, 0.0), (0.972, 0.989, 0.0)),
-    "circle": ((0.785, 1.0, 0.0), (0.79, 0.954, 0.0)),
-    "triangle": ((0.5, 1.0, 0.167), (0.622, 0.928, 0.127)),
-    "star": ((0.38, 0.56, 0.053), (0.596, 0.787, 0.048)),
+    "square": (1.0, 1.0, 0.0),
+    "circle": (0.785, 1.0, 0.0),
+    "triangle": (0.5, 1.0, 0.167),
+    "star": (0.38, 0.56, 0.053),
 }
 _FG_DISTANCE = 45.0  # RGB distance from the background that marks a pixel as foreground (half the closest pair)
 _MIN_AREA = 12  # pixels; smaller blobs are noise
@@ -91,17 +89,16 @@ def position_name(x: float, y: float, width: int, height: int) -> str:
 
 
 def classify_kind(extent: float, solidity: float, drop: float = 0.0) -> str:
-    """The kind of the nearest prototype (sharp or softened) in (extent, solidity, drop).
+    """Nearest prototype in (extent, solidity, drop).
 
     Solidity counts double because it alone separates the star; drop counts 8× because it stays telling when
     corners are soft (a blurred triangle's extent and solidity drift towards a circle's, its centroid stays low).
     """
     best, best_d = "circle", float("inf")
-    for kind, prototypes in _PROTOTYPES.items():
-        for e, s, c in prototypes:
-            d = (extent - e) ** 2 + 4 * (solidity - s) ** 2 + 8 * (drop - c) ** 2
-            if d < best_d:
-                best, best_d = kind, d
+    for kind, (e, s, c) in _PROTOTYPES.items():
+        d = (extent - e) ** 2 + 4 * (solidity - s) ** 2 + 8 * (drop - c) ** 2
+        if d < best_d:
+            best, best_d = kind, d
     return best
 
 
@@ -189,7 +186,11 @@ def analyse(image: np.ndarray | Image.Image, *, max_shapes: int = 4) -> Analysis
         if refined.sum() < _MIN_AREA:
             refined = blob
         extent, solidity, drop, (cx, cy), area = _measure(refined)
-        kind = _KIND_BY_TIPS.get(count_tips(refined)) or classify_kind(extent, solidity, drop)
+        # a shape the picture's edge cuts off has corners where it is cut (a circle at the corner of the picture gets
+        # three): its points are not its kind's, so it is read by the area ratios alone
+        cut = refined[0].any() or refined[-1].any() or refined[:, 0].any() or refined[:, -1].any()
+        tips = None if cut else _KIND_BY_TIPS.get(count_tips(refined))
+        kind = tips or classify_kind(extent, solidity, drop)
         diameter = float(np.sqrt(area / _AREA_FACTOR[kind]))
         found.append(
             FoundShape(
