@@ -323,7 +323,8 @@ def pretrain_text_encoder(args: argparse.Namespace, captions: list[list[str]], w
     Symmetric InfoNCE over a batch, the text side being the final-layer-normed state of the <|endoftext|> token
     (`pooler_output`) through a linear projection, the image side a small CNN on the latents; both heads are thrown
     away. Stable Diffusion's UNets learn against a frozen, pretrained CLIP text encoder; trained from scratch jointly
-    with the UNet (v1, v2), the words for positions and kinds took thousands of UNet steps to mean anything.
+    with the UNet (v1, v2), the words for positions and kinds took thousands of UNet steps to mean anything. A second
+    InfoNCE term (weight --text-paraphrase) matches each caption with another wording of the same picture.
     Sequences are cut after the longest caption of each batch: with CLIP's causal attention the states up to the
     <|endoftext|> token do not depend on what follows it.
     """
@@ -357,6 +358,7 @@ def pretrain_text_encoder(args: argparse.Namespace, captions: list[list[str]], w
         length = int((tokens == TEXT_ENCODER_CONFIG["eos_token_id"]).int().argmax(-1).max()) + 1
         return F.normalize(proj(te(tokens[:, :length]).pooler_output), dim=-1)
 
+    para_on = args.text_paraphrase > 0 and k > 1  # needs at least two captions per picture
     t0 = time.time()
     for step in range(args.text_steps):
         for pg in opt.param_groups:
@@ -365,7 +367,7 @@ def pretrain_text_encoder(args: argparse.Namespace, captions: list[list[str]], w
         which = torch.randint(0, k, (args.text_batch,), generator=g)
         z = lat_mean[idx] + lat_std[idx] * torch.randn(lat_mean[idx].shape, generator=g)
         b = args.text_batch
-        if args.text_paraphrase > 0:  # a second, different caption of each picture
+        if para_on:  # a second, different caption of each picture
             which2 = (which + torch.randint(1, k, (b,), generator=g)) % k
             text = embed_text(torch.cat([ids[idx, which], swapped[idx, which], ids[idx, which2]]))  # (3B, d)
         else:
@@ -374,7 +376,7 @@ def pretrain_text_encoder(args: argparse.Namespace, captions: list[list[str]], w
         logits = scale * img(z) @ text[: 2 * b].T  # (B, 2B)
         target = torch.arange(b)
         loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, :b].T, target)) / 2
-        if args.text_paraphrase > 0:
+        if para_on:
             # paraphrases: each caption must find the other wording of its own picture among the batch's captions
             # and the kind-swapped copies. The words themselves tell a circle from a square, so this keeps kinds
             # apart where the latents alone hardly do (without it "circle" and "square", "triangle" and "star" ended
